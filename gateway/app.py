@@ -1,0 +1,94 @@
+"""The FastAPI application: built from settings and the service URLs, opening the hub's
+connections for its lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from config.settings import Settings
+from gateway import errors
+from gateway.middleware import BodyLimit, Metrics
+from gateway.routes import contacts, events, messaging, ops, providers, suppressions, tenants
+from hub import imports
+from hub.context import Hub
+from hub.store import idempotency as idempotency_store
+from hub.store import imports as import_store
+from hub.store import tenants as tenant_store
+
+log = logging.getLogger(__name__)
+
+
+class Jobs:
+    """Background work owned by the app: kept referenced, logged when it fails, cancelled
+    at shutdown (durable jobs resume from PostgreSQL at the next start)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background job failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _resume_imports(hub: Hub, jobs: Jobs) -> None:
+    for job in await import_store.unfinished(hub.pool):
+        sa = await tenant_store.get_sub_account(hub.pool, job["sub_account_id"])
+        if sa is not None:
+            jobs.spawn(imports.run_import(hub, job["id"], sa["id"], sa["default_region"]))
+
+
+async def _expire_idempotency_keys(hub: Hub) -> None:
+    while True:
+        try:
+            await idempotency_store.expire(hub.pool, hub.settings.idempotency_ttl_hours)
+        except Exception:
+            log.warning("idempotency key expiry failed", exc_info=True)
+        await asyncio.sleep(3600)
+
+
+def create_app(settings: Settings, database_url: str, redis_url: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = await Hub.open(settings, database_url, redis_url)
+        app.state.hub = hub
+        app.state.jobs = jobs = Jobs()
+        await _resume_imports(hub, jobs)
+        jobs.spawn(_expire_idempotency_keys(hub))
+        try:
+            yield
+        finally:
+            await jobs.close()
+            await hub.close()
+
+    app = FastAPI(
+        title="Switchboard",
+        version="0.1.0",
+        description="Messaging hub for multi-tenant marketing CRMs: contacts, conversations, "
+                    "SMS/MMS, email and voice. Errors are RFC 9457 problem documents.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (tenants, providers, contacts, messaging, suppressions, events, ops):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       import_limit=settings.max_import_bytes)
+    app.add_middleware(Metrics)
+    return app

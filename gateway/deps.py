@@ -1,0 +1,66 @@
+"""Dependencies shared by the routes, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, Header, Path, Query, Request
+
+from hub.context import Hub
+from hub.pagination import Cursor, decode_cursor
+from hub.tenancy import Principal, authenticate, sub_account_for
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+async def get_principal(
+    hub: HubDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    return await authenticate(hub.pool, authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_sub_account(
+    hub: HubDep, principal: PrincipalDep, sa: Annotated[UUID, Path(description="sub-account id")]
+) -> dict[str, Any]:
+    return await sub_account_for(hub.pool, principal, sa)
+
+
+SubAccountDep = Annotated[dict[str, Any], Depends(get_sub_account)]
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams:
+    limit: int
+    cursor: Cursor | None
+
+
+def get_page_params(
+    request: Request,
+    limit: Annotated[int | None, Query(ge=1, le=500, description="page size")] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the "
+                                        "previous page")] = None,
+) -> PageParams:
+    hub: Hub = request.app.state.hub
+    return PageParams(limit or hub.settings.page_limit_default, decode_cursor(cursor))
+
+
+PageDep = Annotated[PageParams, Depends(get_page_params)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255,
+           description="replays return the first response; reusing a key with another body "
+                       "is 422"),
+]

@@ -1,0 +1,29 @@
+"""The durable event log, read by sequence number (the realtime feed replays from it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from gateway.deps import HubDep, SubAccountDep
+from gateway.schemas import EventOut, EventsPage
+from hub import events
+
+router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["events"])
+
+
+@router.get("/events", response_model=EventsPage)
+async def list_events(
+    hub: HubDep, sub_account: SubAccountDep,
+    after_seq: Annotated[int, Query(ge=0, description="return events with seq > after_seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventsPage:
+    rows = await events.list_after(hub.pool, sub_account["id"], after_seq, limit + 1)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return EventsPage(
+        data=[EventOut(**e.to_json()) for e in rows],
+        has_more=has_more,
+        next_after_seq=rows[-1].seq if rows else after_seq,
+    )

@@ -1,0 +1,78 @@
+"""Conversations and messages (read side; sending arrives with the sender actors)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from gateway.deps import HubDep, PageDep, SubAccountDep
+from gateway.schemas import ConversationOut, MessageDetail, MessageOut, Page, StatusChange
+from hub.errors import NotFound
+from hub.pagination import make_page
+from hub.status import Status
+from hub.store import messaging
+
+router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["conversations and messages"])
+
+StatusFilter = Annotated[Status | None, Query(description="only messages in this status")]
+DirectionFilter = Annotated[Literal["inbound", "outbound"] | None, Query()]
+ChannelFilter = Annotated[Literal["sms", "mms", "email", "voice"] | None, Query()]
+
+
+@router.get("/conversations", response_model=Page[ConversationOut])
+async def list_conversations(
+    hub: HubDep, sub_account: SubAccountDep, page: PageDep,
+    contact_id: Annotated[UUID | None, Query()] = None,
+    unread: Annotated[bool | None, Query(description="only threads with unread messages")] = None,
+) -> Page[ConversationOut]:
+    rows = await messaging.list_conversations(hub.pool, sub_account["id"], contact_id=contact_id,
+                                              unread=unread, cursor=page.cursor, limit=page.limit)
+    p = make_page(rows, page.limit)
+    return Page[ConversationOut](data=[ConversationOut(**r) for r in p.data],
+                                 has_more=p.has_more, next_cursor=p.next_cursor)
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+async def get_conversation(hub: HubDep, sub_account: SubAccountDep,
+                           conversation_id: UUID) -> ConversationOut:
+    row = await messaging.get_conversation(hub.pool, sub_account["id"], conversation_id)
+    if row is None:
+        raise NotFound("no such conversation", code="conversation_not_found")
+    return ConversationOut(**row)
+
+
+@router.get("/conversations/{conversation_id}/messages", response_model=Page[MessageOut])
+async def list_conversation_messages(hub: HubDep, sub_account: SubAccountDep,
+                                     conversation_id: UUID, page: PageDep) -> Page[MessageOut]:
+    if await messaging.get_conversation(hub.pool, sub_account["id"], conversation_id) is None:
+        raise NotFound("no such conversation", code="conversation_not_found")
+    rows = await messaging.list_messages(hub.pool, sub_account["id"],
+                                         conversation_id=conversation_id, status=None,
+                                         direction=None, channel=None, cursor=page.cursor,
+                                         limit=page.limit)
+    p = make_page(rows, page.limit)
+    return Page[MessageOut](data=[MessageOut(**r) for r in p.data], has_more=p.has_more,
+                            next_cursor=p.next_cursor)
+
+
+@router.get("/messages", response_model=Page[MessageOut])
+async def list_messages(hub: HubDep, sub_account: SubAccountDep, page: PageDep,
+                        status: StatusFilter = None, direction: DirectionFilter = None,
+                        channel: ChannelFilter = None) -> Page[MessageOut]:
+    rows = await messaging.list_messages(hub.pool, sub_account["id"], conversation_id=None,
+                                         status=status, direction=direction, channel=channel,
+                                         cursor=page.cursor, limit=page.limit)
+    p = make_page(rows, page.limit)
+    return Page[MessageOut](data=[MessageOut(**r) for r in p.data], has_more=p.has_more,
+                            next_cursor=p.next_cursor)
+
+
+@router.get("/messages/{message_id}", response_model=MessageDetail)
+async def get_message(hub: HubDep, sub_account: SubAccountDep, message_id: UUID) -> MessageDetail:
+    row = await messaging.get_message(hub.pool, sub_account["id"], message_id)
+    if row is None:
+        raise NotFound("no such message", code="message_not_found")
+    history = await messaging.message_history(hub.pool, message_id)
+    return MessageDetail(**row, history=[StatusChange(**h) for h in history])

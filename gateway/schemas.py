@@ -1,0 +1,309 @@
+"""Request and response bodies of the REST API. Requests forbid unknown fields, so a typo
+is a named error instead of a silently ignored value."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Any, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+T = TypeVar("T")
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+
+# --- tenancy --------------------------------------------------------------------------
+
+
+class SubAccountIn(Input):
+    name: str = Field(min_length=1, max_length=200)
+    default_region: str = Field("US", min_length=2, max_length=2,
+                                description="ISO 3166 region for national-format numbers")
+    timezone: str = Field("America/New_York", description="IANA time zone")
+    help_text: str = Field("", max_length=480)
+    quiet_start: time = Field(time(21), description="start of the no-bulk window, local time")
+    quiet_end: time = Field(time(8), description="end of the no-bulk window, local time")
+
+
+class SubAccountPatch(Input):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    default_region: str | None = Field(None, min_length=2, max_length=2)
+    timezone: str | None = None
+    help_text: str | None = Field(None, max_length=480)
+    quiet_start: time | None = None
+    quiet_end: time | None = None
+
+
+class SubAccountOut(Output):
+    id: UUID
+    agency_id: UUID
+    name: str
+    default_region: str
+    timezone: str
+    help_text: str
+    quiet_start: time
+    quiet_end: time
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyIn(Input):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class ApiKeyOut(Output):
+    id: UUID
+    agency_id: UUID
+    sub_account_id: UUID | None
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="shown once; store it now")
+
+
+# --- providers and senders ------------------------------------------------------------
+
+
+class ProviderAccountIn(Input):
+    provider: Literal["twilio", "sendgrid", "smtp"]
+    name: str = Field(min_length=1, max_length=200)
+    account_id: str = Field(min_length=1, max_length=200,
+                            description="Twilio Account SID, SMTP user or SendGrid key name")
+    secret: str = Field(min_length=1, max_length=4096, repr=False,
+                        description="auth token, API key or password; write-only")
+    base_url: HttpUrl | None = Field(None, description="regional edge or test server")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="non-secret settings, e.g. SMTP host and port")
+
+
+class ProviderAccountPatch(Input):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    account_id: str | None = Field(None, min_length=1, max_length=200)
+    secret: str | None = Field(None, min_length=1, max_length=4096, repr=False)
+    base_url: HttpUrl | None = None
+    config: dict[str, Any] | None = None
+
+
+class ProviderAccountOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    provider: str
+    name: str
+    account_id: str
+    base_url: str | None
+    config: dict[str, Any]
+    secret_set: bool = True
+    created_at: datetime
+    updated_at: datetime
+
+
+class SenderIn(Input):
+    provider_account_id: UUID
+    channel: Literal["sms", "email", "voice"]
+    kind: Literal["long_code", "toll_free", "short_code", "10dlc", "messaging_service",
+                  "email", "caller_id"]
+    address: str = Field(min_length=1, max_length=320,
+                         description="E.164 number, messaging service SID or email address")
+    throughput_class: str = Field("standard", max_length=50)
+    mps: float | None = Field(None, gt=0, le=10_000,
+                              description="messages (or calls) per second; default by kind")
+    from_name: str | None = Field(None, max_length=200)
+
+
+class SenderOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    provider_account_id: UUID
+    channel: str
+    kind: str
+    address: str
+    throughput_class: str
+    mps: float
+    from_name: str | None
+    created_at: datetime
+
+
+# --- contacts -------------------------------------------------------------------------
+
+
+class ContactIn(Input):
+    phone: str | None = Field(None, max_length=64)
+    email: str | None = Field(None, max_length=320)
+    first_name: str = Field("", max_length=200)
+    last_name: str = Field("", max_length=200)
+    timezone: str | None = None
+    tags: list[str] = Field(default_factory=list, max_length=100)
+    custom_fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContactPatch(Input):
+    phone: str | None = Field(None, max_length=64)
+    email: str | None = Field(None, max_length=320)
+    first_name: str | None = Field(None, max_length=200)
+    last_name: str | None = Field(None, max_length=200)
+    timezone: str | None = None
+    tags: list[str] | None = Field(None, max_length=100)
+    custom_fields: dict[str, Any] | None = None
+
+
+class ContactOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    phone: str | None
+    email: str | None
+    first_name: str
+    last_name: str
+    timezone: str | None
+    tags: list[str]
+    custom_fields: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImportJobOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    status: str
+    filename: str | None
+    total_rows: int | None
+    processed_rows: int
+    created_rows: int
+    updated_rows: int
+    error_rows: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ImportErrorOut(Output):
+    row_number: int
+    field: str
+    code: str
+    message: str
+
+
+class ImportErrorsPage(BaseModel):
+    data: list[ImportErrorOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+# --- conversations and messages -------------------------------------------------------
+
+
+class ConversationOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    contact_id: UUID
+    channel: str
+    unread_count: int
+    last_message_at: datetime | None
+    last_message_preview: str
+    assignee: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StatusChange(Output):
+    status: str
+    provider_status: str | None
+    error_code: str | None
+    occurred_at: datetime
+
+
+class MessageOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    conversation_id: UUID | None
+    contact_id: UUID | None
+    campaign_id: UUID | None
+    direction: str
+    channel: str
+    priority: str
+    sender_id: UUID | None
+    from_address: str
+    to_address: str
+    subject: str | None
+    body: str
+    media_urls: list[str]
+    status: str
+    in_doubt: bool
+    provider: str | None
+    provider_message_id: str | None
+    error_code: str | None
+    error_message: str | None
+    segments: int
+    encoding: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    failed_at: datetime | None
+
+
+class MessageDetail(MessageOut):
+    history: list[StatusChange]
+
+
+# --- suppressions and events ----------------------------------------------------------
+
+
+class SuppressionIn(Input):
+    channel: Literal["sms", "email", "voice"]
+    address: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class SuppressionOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    channel: str
+    address: str
+    reason: str
+    source: str
+    created_by: str
+    created_at: datetime
+    removed_at: datetime | None
+    removed_by: str | None
+    removed_reason: str | None
+
+
+class EventOut(BaseModel):
+    id: str
+    seq: int
+    event: str
+    topic: str | None
+    data: dict[str, Any]
+    created_at: str
+
+
+class EventsPage(BaseModel):
+    data: list[EventOut]
+    has_more: bool
+    next_after_seq: int
+
+
+class AgencyCreated(BaseModel):
+    agency_id: UUID
+    api_key: str

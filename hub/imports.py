@@ -1,0 +1,180 @@
+"""CSV contact imports: accepted as a job, validated row by row, loaded with COPY and merged
+into contacts set-wise; the file stays in PostgreSQL until the job ends, so a restart resumes
+it.
+
+Columns: phone, email, first_name, last_name, timezone, tags (separated by `;` or `|`);
+any other column becomes a custom field. Headers are matched case-insensitively and common
+spellings ("Phone Number", "E-mail", "First Name") are understood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import csv
+import io
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from hub.contacts import clean_contact
+from hub.context import Hub
+from hub.errors import HubError, ValidationFailed
+from hub.store import contacts as contact_store
+from hub.store import imports as import_store
+
+log = logging.getLogger(__name__)
+
+HEADER_ALIASES = {
+    "phone": "phone", "phone_number": "phone", "mobile": "phone", "mobile_phone": "phone",
+    "cell": "phone", "number": "phone", "email": "email", "e_mail": "email",
+    "email_address": "email", "first_name": "first_name", "firstname": "first_name",
+    "given_name": "first_name", "last_name": "last_name", "lastname": "last_name",
+    "surname": "last_name", "family_name": "last_name", "timezone": "timezone",
+    "time_zone": "timezone", "tz": "timezone", "tags": "tags", "tag": "tags",
+}
+PROGRESS_EVERY = 5_000
+RowError = tuple[int, str, str, str]  # (row number, field, code, message)
+
+
+def _header_key(raw: str) -> str:
+    return "_".join(raw.strip().lower().replace("-", "_").split())
+
+
+def parse_csv(source: bytes, default_region: str,
+              on_progress: Callable[[int], None] | None = None
+              ) -> tuple[list[tuple[Any, ...]], list[RowError], int]:
+    """Validate every row. Returns (records for COPY, row errors, data row count).
+    Row numbers count data rows from 1 (the header is row 0)."""
+    try:
+        text = source.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed.field("file", f"not UTF-8 text (byte {exc.start}); export the "
+                                     "CSV as UTF-8", "invalid_encoding") from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        raise ValidationFailed.field("file", "the file is empty; the first line must name the "
+                                     "columns", "empty_file")
+    columns = [HEADER_ALIASES.get(_header_key(h), "custom:" + h.strip()) for h in header]
+    known = {c for c in columns if not c.startswith("custom:")}
+    if not {"phone", "email"} & known:
+        raise ValidationFailed.field("file", "no phone or email column; name one `phone` or "
+                                     "`email`", "missing_column")
+    records: list[tuple[Any, ...]] = []
+    errors: list[RowError] = []
+    n = 0
+    for n, values in enumerate(reader, start=1):
+        if on_progress and n % PROGRESS_EVERY == 0:
+            on_progress(n)
+        if not any(v.strip() for v in values):
+            n -= 1
+            continue
+        data: dict[str, Any] = {}
+        custom: dict[str, str] = {}
+        for col, value in zip(columns, values, strict=False):
+            value = value.strip()
+            if col.startswith("custom:"):
+                if value:
+                    custom[col[7:]] = value
+            elif col == "tags":
+                data["tags"] = [t for t in value.replace("|", ";").split(";") if t.strip()]
+            elif value:
+                data[col] = value
+        if custom:
+            data["custom_fields"] = custom
+        try:
+            c = clean_contact(data, default_region)
+        except HubError as exc:
+            errors.extend((n, e.field, e.code, e.message) for e in exc.errors)
+            continue
+        records.append((n, c.get("phone"), c.get("email"), c.get("email_key"),
+                        c.get("first_name"), c.get("last_name"), c.get("timezone"),
+                        c.get("tags"), c.get("custom_fields")))
+    return records, errors, n
+
+
+async def do_create_import(hub: Hub, sub_account_id: UUID, filename: str | None,
+                           source: bytes) -> dict[str, Any]:
+    async with hub.transaction() as tx:
+        job = await import_store.create(tx.conn, sub_account_id, filename, source)
+        tx.emit(sub_account_id, "contact_import.created", job)
+    return job
+
+
+async def run_import(hub: Hub, job_id: UUID, sub_account_id: UUID, default_region: str) -> None:
+    """Process one job to its end. Safe to call twice: an advisory lock keeps one worker."""
+    async with hub.pool.acquire() as lock_conn:
+        got = await lock_conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", f"import:{job_id}"
+        )
+        if not got:
+            return
+        try:
+            await _run_locked(hub, job_id, sub_account_id, default_region)
+        finally:
+            await lock_conn.execute(
+                "SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"import:{job_id}"
+            )
+
+
+async def _run_locked(hub: Hub, job_id: UUID, sub_account_id: UUID,
+                      default_region: str) -> None:
+    started = time.monotonic()
+    source = await import_store.start(hub.pool, job_id)
+    if source is None:
+        return
+    loop = asyncio.get_running_loop()
+    # Line count as the running total: exact unless fields hold quoted newlines.
+    estimate = max(source.count(b"\n") - 1, 0)
+    progress_writes: list[concurrent.futures.Future[None]] = []
+
+    def on_progress(n: int) -> None:  # called from the parsing thread
+        progress_writes.append(asyncio.run_coroutine_threadsafe(
+            _progress(hub, job_id, sub_account_id, n, estimate), loop))
+
+    try:
+        records, errors, total = await asyncio.to_thread(
+            parse_csv, source, default_region, on_progress
+        )
+        await asyncio.gather(*map(asyncio.wrap_future, progress_writes),
+                             return_exceptions=True)
+        async with hub.transaction() as tx:
+            await contact_store.create_staging(tx.conn)
+            await contact_store.copy_staging(tx.conn, records)
+            created, updated, conflicts, superseded = await contact_store.merge_staging(
+                tx.conn, sub_account_id
+            )
+            errors += [(r["row_number"], "email", "ambiguous_contact",
+                        "the phone and the email belong to two different contacts")
+                       for r in conflicts]
+            errors += [(n, "row", "superseded", "a later row has the same phone or email")
+                       for n in superseded]
+            errors.sort()
+            await import_store.finish(tx.conn, job_id, status="completed", total=total,
+                                      created=created, updated=updated, errors=errors)
+            job = await import_store.get(tx.conn, sub_account_id, job_id)
+            tx.emit(sub_account_id, "contact_import.completed", job or {"id": job_id})
+    except HubError as exc:
+        await import_store.finish(hub.pool, job_id, status="failed", total=0, created=0,
+                                  updated=0, errors=[], error=exc.detail)
+        log.info("contact import rejected", extra={"job_id": str(job_id), "error": exc.detail})
+        return
+    except Exception:
+        log.exception("contact import failed", extra={"job_id": str(job_id)})
+        await import_store.finish(hub.pool, job_id, status="failed", total=0, created=0,
+                                  updated=0, errors=[],
+                                  error="internal error; the file was kept out, upload it again")
+        return
+    log.info("contact import done", extra={
+        "job_id": str(job_id), "rows": total, "created_rows": created, "updated_rows": updated,
+        "errors": len(errors), "seconds": round(time.monotonic() - started, 2)})
+
+
+async def _progress(hub: Hub, job_id: UUID, sub_account_id: UUID, n: int, total: int) -> None:
+    async with hub.transaction() as tx:
+        await import_store.progress(tx.conn, job_id, n, max(total, n))
+        tx.emit(sub_account_id, "contact_import.progress",
+                {"id": str(job_id), "processed_rows": n, "total_rows": max(total, n)})

@@ -1,0 +1,42 @@
+"""SQL for Idempotency-Key records, written in the same transaction as the effect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+
+async def claim(conn: asyncpg.Connection, scope: str, key: str, request_hash: bytes) -> bool:
+    """Claim the key inside the caller's transaction. A concurrent request with the same key
+    blocks on the unique index until this transaction ends, then sees the stored response."""
+    return bool(await conn.fetchval(
+        """INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
+           ON CONFLICT DO NOTHING RETURNING true""",
+        scope, key, request_hash,
+    ))
+
+
+async def stored(conn: asyncpg.Connection, scope: str, key: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        """SELECT request_hash, status_code, response FROM idempotency_keys
+           WHERE scope = $1 AND key = $2""",
+        scope, key,
+    )
+    return dict(row) if row else None
+
+
+async def save(conn: asyncpg.Connection, scope: str, key: str, status_code: int,
+               response: Any) -> None:
+    await conn.execute(
+        "UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2",
+        scope, key, status_code, response,
+    )
+
+
+async def expire(conn: asyncpg.Connection | asyncpg.Pool, ttl_hours: int) -> int:
+    status = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+        ttl_hours,
+    )
+    return int(status.split()[-1])

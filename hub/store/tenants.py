@@ -1,0 +1,230 @@
+"""SQL for agencies, sub-accounts, API keys, provider accounts and senders."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from hub.pagination import Cursor, keyset_clause
+
+Conn = asyncpg.Connection | asyncpg.Pool
+Row = dict[str, Any]
+
+SUB_ACCOUNT_COLS = (
+    "id, agency_id, name, default_region, timezone, help_text, quiet_start, quiet_end, "
+    "created_at, updated_at"
+)
+PROVIDER_COLS = (
+    "id, sub_account_id, provider, name, account_id, base_url, config, created_at, updated_at"
+)
+SENDER_COLS = (
+    "id, sub_account_id, provider_account_id, channel, kind, address, throughput_class, mps, "
+    "from_name, created_at"
+)
+
+
+async def insert_agency(conn: Conn, name: str) -> Row:
+    row = await conn.fetchrow(
+        "INSERT INTO agencies (name) VALUES ($1) RETURNING id, name, created_at", name
+    )
+    return dict(row)
+
+
+async def insert_api_key(
+    conn: Conn, agency_id: UUID, sub_account_id: UUID | None, name: str, prefix: str,
+    key_hash: bytes,
+) -> Row:
+    row = await conn.fetchrow(
+        """INSERT INTO api_keys (agency_id, sub_account_id, name, prefix, key_hash)
+           VALUES ($1, $2, $3, $4, $5)
+           RETURNING id, agency_id, sub_account_id, name, prefix, created_at, last_used_at,
+                     revoked_at""",
+        agency_id, sub_account_id, name, prefix, key_hash,
+    )
+    return dict(row)
+
+
+async def find_api_key(conn: Conn, key_hash: bytes) -> Row | None:
+    # Touch last_used_at at most once a minute so that hot keys do not write on every call.
+    row = await conn.fetchrow(
+        """WITH k AS (
+               SELECT id, agency_id, sub_account_id, last_used_at FROM api_keys
+               WHERE key_hash = $1 AND revoked_at IS NULL),
+           touch AS (
+               UPDATE api_keys SET last_used_at = now() FROM k
+               WHERE api_keys.id = k.id
+                 AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'))
+           SELECT id, agency_id, sub_account_id FROM k""",
+        key_hash,
+    )
+    return dict(row) if row else None
+
+
+async def list_api_keys(conn: Conn, sub_account_id: UUID, cursor: Cursor | None,
+                        limit: int) -> list[Row]:
+    cond, args = keyset_clause(cursor, 2)
+    rows = await conn.fetch(
+        f"""SELECT id, agency_id, sub_account_id, name, prefix, created_at, last_used_at,
+                   revoked_at
+            FROM api_keys WHERE sub_account_id = $1 AND {cond}
+            ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
+        sub_account_id, *args,
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_api_key(conn: Conn, sub_account_id: UUID, key_id: UUID) -> Row | None:
+    row = await conn.fetchrow(
+        """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+           WHERE id = $1 AND sub_account_id = $2
+           RETURNING id, agency_id, sub_account_id, name, prefix, created_at, last_used_at,
+                     revoked_at""",
+        key_id, sub_account_id,
+    )
+    return dict(row) if row else None
+
+
+async def insert_sub_account(conn: Conn, agency_id: UUID, fields: Row) -> Row:
+    cols = ["agency_id", *fields]
+    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    row = await conn.fetchrow(
+        f"INSERT INTO sub_accounts ({', '.join(cols)}) VALUES ({params}) "
+        f"RETURNING {SUB_ACCOUNT_COLS}",
+        agency_id, *fields.values(),
+    )
+    return dict(row)
+
+
+async def get_sub_account(conn: Conn, sub_account_id: UUID) -> Row | None:
+    row = await conn.fetchrow(
+        f"SELECT {SUB_ACCOUNT_COLS} FROM sub_accounts WHERE id = $1", sub_account_id
+    )
+    return dict(row) if row else None
+
+
+async def list_sub_accounts(conn: Conn, agency_id: UUID, only: UUID | None,
+                            cursor: Cursor | None, limit: int) -> list[Row]:
+    cond, args = keyset_clause(cursor, 3)
+    rows = await conn.fetch(
+        f"""SELECT {SUB_ACCOUNT_COLS} FROM sub_accounts
+            WHERE agency_id = $1 AND ($2::uuid IS NULL OR id = $2) AND {cond}
+            ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
+        agency_id, only, *args,
+    )
+    return [dict(r) for r in rows]
+
+
+async def update_sub_account(conn: Conn, sub_account_id: UUID, fields: Row) -> Row | None:
+    if not fields:
+        return await get_sub_account(conn, sub_account_id)
+    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(fields, start=2))
+    row = await conn.fetchrow(
+        f"UPDATE sub_accounts SET {sets}, updated_at = now() WHERE id = $1 "
+        f"RETURNING {SUB_ACCOUNT_COLS}",
+        sub_account_id, *fields.values(),
+    )
+    return dict(row) if row else None
+
+
+async def insert_provider_account(conn: Conn, sub_account_id: UUID, fields: Row) -> Row:
+    cols = ["sub_account_id", *fields]
+    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    row = await conn.fetchrow(
+        f"INSERT INTO provider_accounts ({', '.join(cols)}) VALUES ({params}) "
+        f"RETURNING {PROVIDER_COLS}",
+        sub_account_id, *fields.values(),
+    )
+    return dict(row)
+
+
+async def get_provider_account(conn: Conn, sub_account_id: UUID, id_: UUID) -> Row | None:
+    row = await conn.fetchrow(
+        f"SELECT {PROVIDER_COLS} FROM provider_accounts WHERE id = $1 AND sub_account_id = $2",
+        id_, sub_account_id,
+    )
+    return dict(row) if row else None
+
+
+async def get_provider_secret(conn: Conn, sub_account_id: UUID, id_: UUID) -> bytes | None:
+    value = await conn.fetchval(
+        "SELECT secret_encrypted FROM provider_accounts WHERE id = $1 AND sub_account_id = $2",
+        id_, sub_account_id,
+    )
+    return bytes(value) if value is not None else None
+
+
+async def list_provider_accounts(conn: Conn, sub_account_id: UUID, cursor: Cursor | None,
+                                 limit: int) -> list[Row]:
+    cond, args = keyset_clause(cursor, 2)
+    rows = await conn.fetch(
+        f"""SELECT {PROVIDER_COLS} FROM provider_accounts WHERE sub_account_id = $1 AND {cond}
+            ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
+        sub_account_id, *args,
+    )
+    return [dict(r) for r in rows]
+
+
+async def update_provider_account(conn: Conn, sub_account_id: UUID, id_: UUID,
+                                  fields: Row) -> Row | None:
+    if not fields:
+        return await get_provider_account(conn, sub_account_id, id_)
+    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(fields, start=3))
+    row = await conn.fetchrow(
+        f"UPDATE provider_accounts SET {sets}, updated_at = now() "
+        f"WHERE id = $1 AND sub_account_id = $2 RETURNING {PROVIDER_COLS}",
+        id_, sub_account_id, *fields.values(),
+    )
+    return dict(row) if row else None
+
+
+async def delete_provider_account(conn: Conn, sub_account_id: UUID, id_: UUID) -> bool:
+    status = await conn.execute(
+        "DELETE FROM provider_accounts WHERE id = $1 AND sub_account_id = $2", id_, sub_account_id
+    )
+    return status.endswith(" 1")
+
+
+async def provider_in_use(conn: Conn, id_: UUID) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM senders WHERE provider_account_id = $1)", id_
+    ))
+
+
+async def insert_sender(conn: Conn, sub_account_id: UUID, fields: Row) -> Row | None:
+    cols = ["sub_account_id", *fields]
+    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    row = await conn.fetchrow(
+        f"INSERT INTO senders ({', '.join(cols)}) VALUES ({params}) "
+        f"ON CONFLICT (sub_account_id, channel, address) DO NOTHING RETURNING {SENDER_COLS}",
+        sub_account_id, *fields.values(),
+    )
+    return dict(row) if row else None
+
+
+async def get_sender(conn: Conn, sub_account_id: UUID, id_: UUID) -> Row | None:
+    row = await conn.fetchrow(
+        f"SELECT {SENDER_COLS} FROM senders WHERE id = $1 AND sub_account_id = $2",
+        id_, sub_account_id,
+    )
+    return dict(row) if row else None
+
+
+async def list_senders(conn: Conn, sub_account_id: UUID, channel: str | None,
+                       cursor: Cursor | None, limit: int) -> list[Row]:
+    cond, args = keyset_clause(cursor, 3)
+    rows = await conn.fetch(
+        f"""SELECT {SENDER_COLS} FROM senders
+            WHERE sub_account_id = $1 AND ($2::text IS NULL OR channel = $2) AND {cond}
+            ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
+        sub_account_id, channel, *args,
+    )
+    return [dict(r) for r in rows]
+
+
+async def delete_sender(conn: Conn, sub_account_id: UUID, id_: UUID) -> bool:
+    status = await conn.execute(
+        "DELETE FROM senders WHERE id = $1 AND sub_account_id = $2", id_, sub_account_id
+    )
+    return status.endswith(" 1")

@@ -1,0 +1,154 @@
+"""Merge fields in message templates: parse once (with errors a marketer can act on), render
+many times.
+
+Syntax, Liquid-style as GoHighLevel users know it:
+
+    Hi {{ first_name | default: "there" }}, your {{ custom.plan }} plan renews soon.
+
+- ``{{ name }}`` inserts a variable; ``{{ a.b }}`` walks nested mappings (custom fields).
+- ``| default: "text"`` (or ``'text'``) is used when the variable is absent, None or blank.
+  It is the only filter; the default cannot contain its own quote character or ``}}``.
+- A single ``{`` or ``}`` is plain text. A ``{{`` without its ``}}``, a ``}}`` without its
+  ``{{``, or anything else between the braces is a template error: sending a literal
+  ``{first_name}}`` to 100k contacts is worse than refusing the campaign.
+- A variable that is absent/blank with no default renders as "" and is reported in
+  ``Rendered.missing`` so the caller can decide (skip the recipient, or send anyway).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from hub.errors import FieldError, ValidationFailed
+
+INVALID_TEMPLATE = "invalid_template"
+
+_OPEN, _CLOSE = "{{", "}}"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_TAG = re.compile(
+    rf"\s*(?P<path>{_NAME}(?:\.{_NAME})*)\s*"
+    r"(?:\|\s*default\s*:\s*(?:\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)')\s*)?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeField:
+    name: str  # dotted, as written: "custom.plan"
+    path: tuple[str, ...]
+    default: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    text: str
+    #: Variables referenced, absent or blank, and without a default; in order, no repeats.
+    missing: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    source: str
+    parts: tuple[str | MergeField, ...]
+    #: Every variable referenced, in order of first use, no repeats.
+    variables: tuple[str, ...]
+
+    def render(self, variables: Mapping[str, object]) -> Rendered:
+        out: list[str] = []
+        missing: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = _lookup(variables, part.path)
+            if value is not None:
+                out.append(value)
+            elif part.default is not None:
+                out.append(part.default)
+            elif part.name not in missing:
+                missing.append(part.name)
+        return Rendered("".join(out), missing)
+
+
+def _lookup(variables: Mapping[str, object], path: tuple[str, ...]) -> str | None:
+    value: object = variables
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if text.strip() else None
+
+
+def _where(source: str, index: int) -> str:
+    line = source.count("\n", 0, index) + 1
+    column = index - (source.rfind("\n", 0, index) + 1) + 1
+    return f"at line {line}, column {column} (offset {index})"
+
+
+def parse(template: str, *, field: str = "template") -> Template:
+    """Compile `template`, or raise ValidationFailed (code ``invalid_template``) naming
+    `field` with one error per problem and its position."""
+    parts: list[str | MergeField] = []
+    names: dict[str, None] = {}
+    errors: list[FieldError] = []
+    pos = 0
+    while True:
+        start = template.find(_OPEN, pos)
+        text_end = len(template) if start < 0 else start
+        stray = template.find(_CLOSE, pos, text_end)
+        if stray >= 0:
+            errors.append(FieldError(field, f"'}}}}' without a matching '{{{{' "
+                                     f"{_where(template, stray)}", INVALID_TEMPLATE))
+        if pos < text_end:
+            parts.append(template[pos:text_end])
+        if start < 0:
+            break
+        end = template.find(_CLOSE, start + 2)
+        if end < 0:
+            errors.append(FieldError(field, f"'{{{{' opened {_where(template, start)} is never "
+                                     "closed with '}}'", INVALID_TEMPLATE))
+            break
+        body = template[start + 2:end]
+        match = _TAG.fullmatch(body)
+        if match is None:
+            errors.append(FieldError(
+                field,
+                f"merge field '{{{{{body}}}}}' {_where(template, start)} is not "
+                '{{ name }} or {{ name | default: "text" }}',
+                INVALID_TEMPLATE,
+            ))
+        else:
+            name = match["path"]
+            default = match["dq"] if match["dq"] is not None else match["sq"]
+            parts.append(MergeField(name, tuple(name.split(".")), default))
+            names[name] = None
+        pos = end + 2
+    if errors:
+        raise ValidationFailed("; ".join(e.message for e in errors), errors=errors)
+    return Template(template, _merge_text(parts), tuple(names))
+
+
+def _merge_text(parts: list[str | MergeField]) -> tuple[str | MergeField, ...]:
+    merged: list[str | MergeField] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return tuple(merged)
+
+
+@lru_cache(maxsize=512)
+def _compiled(template: str) -> Template:
+    return parse(template)
+
+
+def render(template: str | Template, variables: Mapping[str, object]) -> Rendered:
+    """Render `template` (compiled once per distinct text) with `variables`."""
+    compiled = template if isinstance(template, Template) else _compiled(template)
+    return compiled.render(variables)
