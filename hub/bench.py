@@ -30,8 +30,9 @@ def contacts_csv(n: int, bad_every: int = 1000) -> bytes:
 
 async def bench_import(settings: Settings, services: Services, rows: int,
                        progress: Any = None) -> dict[str, float]:
-    """The contact import end to end (parse, validate, COPY, merge) against the raw COPY of
-    the same, already-valid records into an empty table: the database's own ceiling."""
+    """The contact import end to end (parse, validate, COPY, merge) against a raw COPY of the
+    same, already-valid records straight into the contacts table with all its indexes (rolled
+    back): the fastest the database can take these rows."""
     hub = await Hub.open(settings, services.database_url, services.redis_url)
     try:
         agency, key = await actions.do_create_agency(hub, "bench")
@@ -47,16 +48,17 @@ async def bench_import(settings: Settings, services: Services, rows: int,
         if progress:
             progress("parsed")
 
-        async with hub.pool.acquire() as conn, conn.transaction():
-            await conn.execute("CREATE TEMP TABLE raw_copy (LIKE contacts INCLUDING DEFAULTS) "
-                               "ON COMMIT DROP")
+        async with hub.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
             t = time.perf_counter()
             await conn.copy_records_to_table(
-                "raw_copy", columns=("sub_account_id", "phone", "email", "email_key",
+                "contacts", columns=("sub_account_id", "phone", "email", "email_key",
                                      "first_name", "last_name", "timezone", "tags",
                                      "custom_fields"),
                 records=[(sa["id"], *r[1:]) for r in records])
             copy_s = time.perf_counter() - t
+            await tx.rollback()
         if progress:
             progress("raw copy")
 
