@@ -1,0 +1,173 @@
+"""Twilio voice: outbound calls with inline TwiML built by the SDK's VoiceResponse, optional
+answering-machine detection for voicemail drops, and the call status-callback parser.
+
+Voicemail: with `MachineDetection=DetectMessageEnd` (synchronous AMD) Twilio holds the call
+until it knows who answered and, for a machine, until the greeting has ended and the beep
+has sounded; only then does it run the TwiML. Inline TwiML is one document for whoever
+answered, so when the script has a voicemail variant (`voicemail_say` / `voicemail_play_url`)
+that variant is what the call plays, to a machine after the beep and to a person once they
+have spoken; it should therefore be written to make sense live as well as on a recording.
+Without a voicemail variant there is no AMD, so a person hears `say` / `play_url` at once
+instead of after 2–5 s of detection silence. Playing different documents to people and to
+machines needs a TwiML URL that branches on `AnsweredBy` (a gateway route), not inline TwiML.
+
+Call statuses map onto the hub's lifecycle in one table (CALL_STATUS_MAP): queued,
+initiated and ringing are `sending` (the handset has not picked up, nothing was conveyed);
+in-progress is `sent`; completed is `delivered` (to a person or, with a voicemail drop, a
+machine); busy and no-answer are `undelivered`; failed `failed`; canceled `canceled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from channels.base import (
+    ErrorKind,
+    OutboundMessage,
+    ProviderCredentials,
+    SendError,
+    SendResult,
+    StatusUpdate,
+    VoiceScript,
+)
+from channels.twilio_client import TwilioTransport, log_outcomes
+from channels.twilio_sms import InvalidCallback, LookupFailed, with_message_id
+from hub.status import Status
+
+__all__ = ["CALL_STATUS_MAP", "STATUS_CALLBACK_EVENTS", "TwilioVoiceAdapter", "build_twiml",
+           "call_params", "parse_call_status"]
+
+log = logging.getLogger(__name__)
+
+CALL_STATUS_MAP: dict[str, Status] = {
+    "queued": Status.SENDING, "initiated": Status.SENDING, "ringing": Status.SENDING,
+    "in-progress": Status.SENT, "completed": Status.DELIVERED,
+    "busy": Status.UNDELIVERED, "no-answer": Status.UNDELIVERED,
+    "failed": Status.FAILED, "canceled": Status.CANCELED,
+}
+STATUS_CALLBACK_EVENTS = ("initiated", "ringing", "answered", "completed")
+MACHINE_DETECTION = "DetectMessageEnd"
+
+
+def build_twiml(script: VoiceScript) -> tuple[VoiceResponse, bool]:
+    """The call's TwiML and whether it needs answering-machine detection."""
+    voicemail = bool(script.voicemail_say or script.voicemail_play_url)
+    say = script.voicemail_say if voicemail else script.say
+    play = script.voicemail_play_url if voicemail else script.play_url
+    response = VoiceResponse()
+    if say:
+        kwargs = {k: v for k, v in (("voice", script.voice), ("language", script.language))
+                  if v}
+        response.say(say, **kwargs)
+    if play:
+        response.play(play)
+    return response, voicemail
+
+
+def call_params(message: OutboundMessage) -> dict[str, Any]:
+    """The SDK's calls.create_async arguments for one message."""
+    script = message.voice or VoiceScript(say=message.body or None)
+    if not (script.say or script.play_url or script.voicemail_say or script.voicemail_play_url):
+        raise ValueError("a call needs something to say or play")
+    twiml, detect = build_twiml(script)
+    params: dict[str, Any] = {"to": message.to, "from_": message.from_, "twiml": twiml}
+    if detect:
+        params["machine_detection"] = MACHINE_DETECTION
+    if message.status_callback_url:
+        params["status_callback"] = with_message_id(message.status_callback_url,
+                                                    message.message_id)
+        params["status_callback_event"] = list(STATUS_CALLBACK_EVENTS)
+        params["status_callback_method"] = "POST"
+    return params
+
+
+class TwilioVoiceAdapter:
+    provider = "twilio"
+
+    def __init__(self, transport: TwilioTransport | None = None, *, concurrency: int = 64,
+                 connect_timeout: float = 5.0, read_timeout: float = 15.0) -> None:
+        self._owns_transport = transport is None
+        self._transport = transport or TwilioTransport(
+            concurrency=concurrency, connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+    async def send_batch(self, creds: ProviderCredentials,
+                         messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        results = list(await asyncio.gather(*(self._send(creds, m) for m in messages)))
+        log_outcomes("voice", results)
+        return results
+
+    async def send(self, creds: ProviderCredentials, message: OutboundMessage) -> SendResult:
+        result = await self._send(creds, message)
+        log_outcomes("voice", [result])
+        return result
+
+    async def _send(self, creds: ProviderCredentials, message: OutboundMessage) -> SendResult:
+        if creds.provider != "twilio":
+            return SendResult(message.message_id, error=SendError(
+                ErrorKind.CONFIG_INVALID, f"not a Twilio account: {creds.provider}"))
+        try:
+            if message.channel != "voice":
+                raise ValueError(f"the Twilio voice adapter does not send {message.channel}")
+            params = call_params(message)
+        except ValueError as exc:
+            return SendResult(message.message_id,
+                              error=SendError(ErrorKind.MESSAGE_INVALID, str(exc)))
+        client = self._transport.clients.get(creds)
+        outcome = await self._transport.attempt(lambda: client.calls.create_async(**params))
+        if isinstance(outcome, SendError):
+            log.debug("twilio call failed message_id=%s kind=%s code=%s", message.message_id,
+                      outcome.kind.value, outcome.provider_code)
+            return SendResult(message.message_id, error=outcome)
+        log.debug("twilio call queued message_id=%s sid=%s", message.message_id, outcome.sid)
+        return SendResult(message.message_id, provider_message_id=outcome.sid,
+                          status=CALL_STATUS_MAP.get(str(outcome.status), Status.SENDING))
+
+    async def lookup(self, creds: ProviderCredentials, provider_message_id: str, *,
+                     message_id: str | None = None) -> StatusUpdate | None:
+        """The call as Twilio has it now, or None if there is no such call."""
+        client = self._transport.clients.get(creds)
+        found = await self._transport.attempt(
+            lambda: client.calls(provider_message_id).fetch_async())
+        if isinstance(found, SendError):
+            if found.provider_code in ("20404", "404"):
+                return None
+            raise LookupFailed(found)
+        raw = str(found.status)
+        return StatusUpdate(provider="twilio", provider_message_id=found.sid,
+                            status=CALL_STATUS_MAP.get(raw, Status.SENDING),
+                            provider_status=raw, message_id=message_id,
+                            event_key=f"{found.sid}:fetch:{raw}",
+                            occurred_at=found.date_updated)
+
+    async def close(self) -> None:
+        if self._owns_transport:
+            await self._transport.close()
+
+
+def parse_call_status(form: Mapping[str, str], query: Mapping[str, str]) -> StatusUpdate:
+    """A voice status callback (call-progress event). Voice callbacks carry a
+    SequenceNumber, so the dedup key includes it; AnsweredBy is not carried over."""
+    sid, raw = form.get("CallSid"), form.get("CallStatus")
+    if not sid or not raw:
+        raise InvalidCallback("a call status callback needs CallSid and CallStatus")
+    status = CALL_STATUS_MAP.get(raw)
+    if status is None:
+        raise InvalidCallback(f"unknown call status {raw!r}")
+    occurred = None
+    if form.get("Timestamp"):
+        try:
+            occurred = parsedate_to_datetime(form["Timestamp"])
+        except (TypeError, ValueError):
+            occurred = None
+    code = (form.get("ErrorCode") or "").strip() or None
+    return StatusUpdate(provider="twilio", provider_message_id=sid, status=status,
+                        provider_status=raw, message_id=query.get("message_id") or None,
+                        error_code=code,
+                        event_key=f"{sid}:{form.get('SequenceNumber', '')}:{raw}",
+                        occurred_at=occurred)
