@@ -42,6 +42,14 @@ class Settings(BaseSettings):
 
     carrier_port: int = Field(8025, ge=0, le=65535)
 
+    #: Start (or join, with RAY_ADDRESS) the Ray actors with the gateway.
+    actors: bool = True
+    sender_shards: int = Field(2, ge=1, le=256)
+    scheduler_shards: int = Field(1, ge=1, le=256)
+    #: How long a shard's claim on a message or recipient lasts without renewal; a dead
+    #: shard's work is taken over after this.
+    lease_s: float = Field(30.0, ge=2.0, le=600.0)
+
     max_body_bytes: int = 1_000_000
     max_import_bytes: int = 64_000_000
     idempotency_ttl_hours: int = 24

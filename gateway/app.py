@@ -12,9 +12,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from config.settings import Settings
-from gateway import errors
+from gateway import errors, realtime
 from gateway.middleware import BodyLimit, Metrics
-from gateway.routes import contacts, events, messaging, ops, providers, suppressions, tenants
+from gateway.routes import (
+    campaigns,
+    contacts,
+    events,
+    messaging,
+    ops,
+    providers,
+    sending,
+    suppressions,
+    tenants,
+)
 from hub import imports
 from hub.context import Hub
 from hub.store import idempotency as idempotency_store
@@ -71,10 +81,18 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> FastAPI
         app.state.hub = hub
         app.state.jobs = jobs = Jobs()
         await _resume_imports(hub, jobs)
+        app.state.actors = None
+        if settings.actors:
+            from actors.handles import ActorHandles
+
+            app.state.actors = await ActorHandles.connect(settings, database_url, redis_url)
         jobs.spawn(_expire_idempotency_keys(hub))
+        app.state.feed = feed = realtime.FeedHub(hub, realtime.config_for(app))
+        feed.start()
         try:
             yield
         finally:
+            await feed.close()
             await jobs.close()
             await hub.close()
 
@@ -86,7 +104,8 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> FastAPI
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (tenants, providers, contacts, messaging, suppressions, events, ops):
+    for module in (tenants, providers, contacts, messaging, sending, campaigns, suppressions,
+                   events, ops, realtime):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        import_limit=settings.max_import_bytes)

@@ -307,3 +307,135 @@ class EventsPage(BaseModel):
 class AgencyCreated(BaseModel):
     agency_id: UUID
     api_key: str
+
+
+# --- sending --------------------------------------------------------------------------
+
+
+class VoiceIn(Input):
+    say: str | None = Field(None, max_length=4000)
+    voice: str | None = Field(None, max_length=50)
+    language: str | None = Field(None, max_length=20)
+    play_url: HttpUrl | None = None
+    voicemail_say: str | None = Field(None, max_length=4000)
+    voicemail_play_url: HttpUrl | None = None
+
+
+class MessageIn(Input):
+    channel: Literal["sms", "mms", "email", "voice"] = "sms"
+    to: str | None = Field(None, max_length=320, description="E.164 number or email address")
+    contact_id: UUID | None = None
+    body: str = Field("", max_length=100_000)
+    subject: str | None = Field(None, max_length=998)
+    html: str | None = Field(None, max_length=500_000)
+    media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10)
+    voice: VoiceIn | None = None
+    sender_id: UUID | None = None
+
+
+class ReplyIn(Input):
+    body: str = Field("", max_length=1600)
+    media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10)
+    sender_id: UUID | None = None
+
+
+# --- campaigns ------------------------------------------------------------------------
+
+
+class CampaignIn(Input):
+    name: str = Field(min_length=1, max_length=200)
+    channel: Literal["sms", "mms", "email", "voice"]
+    audience: dict[str, Any] = Field(
+        description='who receives it: {"tags_any": [...], "tags_all": [...], '
+                    '"exclude_tags": [...], "contact_ids": [...], "filters": [...]} or '
+                    '{"all_contacts": true}')
+    body: str = Field("", max_length=100_000, description="template with {{merge_fields}}")
+    subject: str | None = Field(None, max_length=998)
+    html: str | None = Field(None, max_length=500_000)
+    media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10)
+    voice: VoiceIn | None = None
+    sender_ids: list[UUID] = Field(default_factory=list, max_length=1000,
+                                   description="sender pool; default: all of the channel's")
+    start_at: datetime | None = None
+    window_start: time = Field(time(8), description="local sending window start")
+    window_end: time = Field(time(21), description="local sending window end")
+    rate_cap: float | None = Field(None, gt=0, le=100_000, description="messages per second")
+    failure_threshold: float = Field(0.2, gt=0, le=1,
+                                     description="auto-pause above this failure share")
+
+
+class CampaignOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    name: str
+    channel: str
+    status: str
+    audience: dict[str, Any]
+    body: str
+    subject: str | None
+    media_urls: list[str]
+    voice: dict[str, Any] | None
+    sender_ids: list[UUID]
+    start_at: datetime | None
+    window_start: time
+    window_end: time
+    rate_cap: float | None
+    failure_threshold: float
+    paused_reason: str | None
+    recipients_total: int
+    skipped_total: int
+    created_at: datetime
+    updated_at: datetime
+    launched_at: datetime | None
+    completed_at: datetime | None
+    allowed_actions: list[str]
+
+
+class ErrorCount(BaseModel):
+    code: str
+    count: int
+
+
+class CampaignStats(BaseModel):
+    id: UUID
+    status: str
+    paused_reason: str | None
+    recipients_total: int
+    counts: dict[str, int]
+    current_rate_per_s: float
+    max_rate_per_s: float
+    top_errors: list[ErrorCount]
+    eta: datetime | None
+    allowed_actions: list[str]
+
+
+class RecipientOut(BaseModel):
+    contact_id: UUID
+    recipient_status: str
+    skip_reason: str | None
+    due_at: datetime
+    message_id: UUID | None
+    message_status: str | None
+    error_code: str | None
+    to_address: str | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+
+
+class TimelineBucketOut(BaseModel):
+    start: datetime
+    end: datetime
+    sends: int
+    by_zone: dict[str, int]
+
+
+class DryRunOut(BaseModel):
+    id: UUID
+    recipients: int
+    by_zone: dict[str, int]
+    rate_per_s: float
+    first_send_at: datetime | None
+    finish_at: datetime | None
+    unsendable: int
+    warnings: list[str]
+    timeline: list[TimelineBucketOut]

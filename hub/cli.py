@@ -125,6 +125,17 @@ def demo(
         services.stop()
 
 
+@app.command()
+def carrier(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Run the sandbox carrier (Twilio and SendGrid stand-in) on HUB_CARRIER_PORT."""
+    from channels.sandbox import serve_forever
+
+    settings = _settings()
+    serve_forever(host, settings.carrier_port)
+
+
 @admin.command("create-agency")
 def create_agency(name: str) -> None:
     """Create an agency and print its id and first API key as JSON."""

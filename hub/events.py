@@ -121,3 +121,55 @@ async def list_after(
     )
     return [Event(r["id"], r["sub_account_id"], r["seq"], r["type"], r["topic"], r["data"],
                   r["created_at"]) for r in rows]
+
+
+async def log_bounds(pool: asyncpg.Pool, sub_account_id: UUID) -> tuple[int, int] | None:
+    """(oldest seq still in the log, head seq) of a sub-account; oldest is head + 1 when
+    the log is empty. None when the sub-account does not exist."""
+    row = await pool.fetchrow(
+        """SELECT s.event_seq AS head,
+                  (SELECT min(seq) FROM events e WHERE e.sub_account_id = s.id) AS oldest
+           FROM sub_accounts s WHERE s.id = $1""",
+        sub_account_id,
+    )
+    if row is None:
+        return None
+    head: int = row["head"]
+    return (row["oldest"] if row["oldest"] is not None else head + 1), head
+
+
+async def heads(pool: asyncpg.Pool, sub_account_ids: list[UUID]) -> dict[UUID, int]:
+    """The last seq of each sub-account's log (committed), for feed catch-up checks."""
+    rows = await pool.fetch("SELECT id, event_seq FROM sub_accounts WHERE id = ANY($1::uuid[])",
+                            sub_account_ids)
+    return {r["id"]: r["event_seq"] for r in rows}
+
+
+async def prune_events(pool: asyncpg.Pool, keep_days: int, batch: int = 10_000) -> int:
+    """Delete events older than `keep_days`; returns how many.
+
+    Pruning removes a prefix of each sub-account's log (everything up to its newest seq
+    that is old enough), never a hole: `created_at` is the writer's transaction start, so
+    it is not strictly ordered by seq, and a hole would break gapless replay."""
+    cutoffs = await pool.fetch(
+        """SELECT sub_account_id, max(seq) AS upto FROM events
+           WHERE created_at < now() - make_interval(days => $1)
+           GROUP BY sub_account_id""",
+        keep_days,
+    )
+    deleted = 0
+    for c in cutoffs:
+        while True:
+            status = await pool.execute(
+                """DELETE FROM events WHERE sub_account_id = $1 AND seq IN (
+                       SELECT seq FROM events WHERE sub_account_id = $1 AND seq <= $2
+                       ORDER BY seq LIMIT $3)""",
+                c["sub_account_id"], c["upto"], batch,
+            )
+            n = int(status.rsplit(" ", 1)[-1])
+            deleted += n
+            if n < batch:
+                break
+    if deleted:
+        log.info("pruned the event log", extra={"deleted": deleted, "keep_days": keep_days})
+    return deleted

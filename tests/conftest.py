@@ -39,8 +39,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     data_dir = Path(os.environ.get("HUB_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="hubtest-"))
-    return Settings(environment="development", data_dir=data_dir, port=_free_port(),
-                    max_body_bytes=200_000, max_import_bytes=64_000_000)
+    port = _free_port()
+    return Settings(environment="development", data_dir=data_dir, port=port,
+                    public_url=f"http://127.0.0.1:{port}", max_body_bytes=200_000,
+                    max_import_bytes=64_000_000, lease_s=5.0, sender_shards=2,
+                    scheduler_shards=1)
 
 
 @pytest.fixture(scope="session")
@@ -62,22 +65,28 @@ class _ServerThread(threading.Thread):
 
 @pytest.fixture(scope="session")
 def gateway_url(settings: Settings, services: Services) -> Iterator[str]:
+    from actors import ray_api
     from gateway.app import create_app
+
+    ray_api.init(settings.ray_address)  # once per run, from the main thread
 
     app = create_app(settings, services.database_url, services.redis_url)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port,
                                            log_config=None, lifespan="on"))
     thread = _ServerThread(server)
     thread.start()
-    for _ in range(400):
+    for _ in range(3000):
         if server.started:
             break
         if not thread.is_alive():
             raise RuntimeError("the gateway failed to start")
         threading.Event().wait(0.05)
+    if not server.started:
+        raise RuntimeError("the gateway did not start in time")
     yield f"http://127.0.0.1:{settings.port}"
     server.should_exit = True
-    thread.join(10)
+    thread.join(30)
+    ray_api.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_admin_create_agency_prints_a_working_key(data_dir: Path) -> None:
     assert set(created) == {"agency_id", "api_key"}
     # Serve on the same data folder and use the key.
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(HUB_DATA_DIR=str(data_dir), HUB_PORT=str(port))
+    env.update(HUB_DATA_DIR=str(data_dir), HUB_PORT=str(port), HUB_ACTORS="false")
     server = subprocess.Popen([HUB, "serve"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:

@@ -1,0 +1,65 @@
+"""The gateway's side of the actors: start or join the Supervisor, learn the shard topology
+once, and hand just-persisted messages to the right Sender shard (the fast path; shards also
+claim queued work from PostgreSQL, so a missed hand-off only costs latency)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from actors import ray_api
+from actors.ring import Ring
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+GROUP_OF = {"sms": "sms", "mms": "sms", "email": "email", "voice": "voice"}
+
+
+def supervisor_spec(settings: Settings, database_url: str, redis_url: str) -> dict[str, Any]:
+    return {
+        "database_url": database_url, "redis_url": redis_url,
+        "secret_key": settings.secret_key.get_secret_value(),
+        "old_secret_keys": [s.get_secret_value() for s in settings.old_secret_keys],
+        "public_url": settings.base_url, "lease_s": settings.lease_s,
+        "sender_shards": settings.sender_shards,
+        "scheduler_shards": settings.scheduler_shards, "log_level": settings.log_level,
+    }
+
+
+class ActorHandles:
+    def __init__(self, topology: dict[str, Any]) -> None:
+        self.senders: dict[str, list[Any]] = topology["senders"]
+        self.schedulers: list[Any] = topology["schedulers"]
+        self.sender_ring = Ring(topology["sender_shards"])
+        self.scheduler_ring = Ring(topology["scheduler_shards"])
+
+    @classmethod
+    async def connect(cls, settings: Settings, database_url: str,
+                      redis_url: str) -> ActorHandles:
+        ray_api.init(settings.ray_address)
+        supervisor = ray_api.get_or_create_supervisor(
+            supervisor_spec(settings, database_url, redis_url))
+        topology = await ray_api.call(supervisor, "topology", timeout=300)
+        log.info("actors ready", extra={"sender_shards": topology["sender_shards"],
+                                        "scheduler_shards": topology["scheduler_shards"]})
+        return cls(topology)
+
+    def sender_for(self, channel: str, slot: int) -> Any:
+        return self.senders[GROUP_OF[channel]][self.sender_ring.shard_of(slot)]
+
+    async def submit(self, channel: str, slot: int, message_ids: list[str]) -> None:
+        """Best effort: on failure the shard's own claim loop picks the messages up."""
+        try:
+            await ray_api.call(self.sender_for(channel, slot), "submit", message_ids,
+                               timeout=10)
+        except Exception as exc:
+            log.warning("hand-off to sender shard failed; it will claim the message itself",
+                        extra={"error": type(exc).__name__})
+
+    async def kick(self, slot: int) -> None:
+        try:
+            await ray_api.call(self.schedulers[self.scheduler_ring.shard_of(slot)], "kick",
+                               timeout=30)
+        except Exception as exc:
+            log.warning("scheduler kick failed; its next tick will pick the campaign up",
+                        extra={"error": type(exc).__name__})

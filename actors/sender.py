@@ -1,0 +1,345 @@
+"""A Sender shard: hosts the send lanes of every sub-account whose slot it owns, for its
+channels. Plain asyncio state; `actors/ray_api.py` makes it a Ray actor.
+
+Work arrives two ways: `submit` (the gateway's fast path for replies and one-off sends) and
+`claim` (leasing queued messages from PostgreSQL: campaign traffic, and anything a dead
+shard left behind). Either way a message is sent only after `begin_sending` moved it from
+`queued` to `sending` under this shard's lease, so duplicates are impossible by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from actors.lanes import Lanes, Outbound
+from actors.limiter import LimitKey, NestedLimiter, backoff
+from actors.metrics import Metrics
+from channels.base import (
+    ChannelAdapter,
+    ErrorKind,
+    OutboundMessage,
+    ProviderCredentials,
+    SendResult,
+    VoiceScript,
+)
+from hub import events
+from hub.crypto import SecretBox
+from hub.status import Status, rank
+from hub.store import sending as store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    owner: str  # unique per shard incarnation: leases carry it
+    channels: tuple[str, ...]  # message channels this shard sends ("sms", "mms", ...)
+    slots: tuple[int, ...]  # sub-account slots this shard owns
+    public_url: str  # where providers post callbacks
+    lease_s: float = 60.0
+    claim_batch: int = 500
+    max_backlog: int = 5_000  # messages held in lanes at most (memory does not grow with N)
+    send_batch: int = 200
+    max_batches_in_flight: int = 8
+    claim_interval_s: float = 0.25
+
+
+#: Share of a sender's MPS the hub aims at: network jitter bunches requests on their way to
+#: the carrier, and this headroom keeps the carrier's own one-second windows within the limit.
+SENDER_HEADROOM = 0.98
+
+
+def sender_burst(mps: float) -> float:
+    """Carriers meter a number as a steady queue, and requests bunch on their way there, so a
+    sender gets no burst beyond one message: measured at the carrier, a burst of mps/5 gave
+    one-second windows of limit + burst + 3, a burst of one stays within the limit."""
+    return 1.0
+
+
+class SenderCore:
+    def __init__(self, config: SenderConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
+                 box: SecretBox, adapters: Mapping[str, ChannelAdapter],
+                 metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.pool, self.redis, self.box = pool, redis, box
+        self.adapters = adapters  # by channel
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.lanes = Lanes()
+        self.limiter = NestedLimiter()
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batch_slots = asyncio.Semaphore(config.max_batches_in_flight)
+        self._creds: dict[UUID, tuple[float, ProviderCredentials]] = {}
+        self.sent_total = 0
+
+    # --- intake ------------------------------------------------------------------------
+
+    async def submit(self, message_ids: Sequence[str]) -> int:
+        """Fast path: lease these queued messages and queue them now. Idempotent."""
+        ids = [UUID(m) for m in message_ids if m not in self.lanes]
+        if not ids:
+            return 0
+        rows = await store.lease_ids(self.pool, self.config.owner, ids, self.config.lease_s)
+        return self._enqueue(rows)
+
+    async def claim(self) -> int:
+        """Lease queued messages of our slots up to the backlog bound."""
+        room = self.config.max_backlog - len(self.lanes)
+        if room <= 0:
+            return 0
+        rows = await store.lease_queued(
+            self.pool, self.config.owner, list(self.config.channels), list(self.config.slots),
+            min(room, self.config.claim_batch), self.config.lease_s)
+        return self._enqueue(rows)
+
+    def _path(self, row: Mapping[str, Any]) -> tuple[LimitKey, ...]:
+        now = self.clock()
+        path: list[LimitKey] = []
+        if row["provider_account_id"] is not None:
+            path.append(("provider", str(row["provider_account_id"])))
+        path.append(("sub_account", str(row["sub_account_id"])))
+        if row["sender_id"] is not None:
+            key = ("sender", str(row["sender_id"]))
+            mps = float(row["sender_mps"] or 1.0)
+            current = self.limiter.limit(key)
+            if current is None or current.rate != mps * SENDER_HEADROOM:
+                self.limiter.configure(key, mps * SENDER_HEADROOM, sender_burst(mps), now=now)
+                self.lanes.wake_all()
+            path.append(key)
+        if row["campaign_id"] is not None and row["campaign_rate"]:
+            key = ("campaign", str(row["campaign_id"]))
+            rate = float(row["campaign_rate"])
+            if self.limiter.limit(key) is None:
+                self.limiter.configure(key, rate, max(1.0, rate), now=now)
+            path.append(key)
+        return tuple(path)
+
+    def _enqueue(self, rows: list[dict[str, Any]]) -> int:
+        now = self.clock()
+        wall = datetime.now(UTC)
+        items = []
+        for r in rows:
+            delay = (r["not_before"] - wall).total_seconds() if r["not_before"] else 0.0
+            items.append(Outbound(
+                message_id=str(r["id"]), sub_account_id=str(r["sub_account_id"]),
+                priority=r["priority"], path=self._path(r),
+                cost=max(1, int(r["segments"] or 1)) if r["channel"] in ("sms", "mms") else 1,
+                not_before=now + max(0.0, delay), attempt=int(r["attempts"] or 0),
+                campaign_id=str(r["campaign_id"]) if r["campaign_id"] else None))
+        added = self.lanes.push(items, now)
+        if added:
+            self._wake.set()
+        return added
+
+    def cancel(self, message_ids: Sequence[str]) -> list[str]:
+        return self.lanes.cancel(message_ids)
+
+    # --- sending -----------------------------------------------------------------------
+
+    async def pump(self) -> int:
+        """Start sending everything the limiter lets go now; returns messages started."""
+        started = 0
+        while True:
+            if self._batch_slots.locked():
+                break
+            batch = self.lanes.take(self.clock(), self.limiter, self.config.send_batch)
+            if not batch:
+                break
+            started += len(batch)
+            await self._batch_slots.acquire()
+            task = asyncio.create_task(self._send(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._batch_done)
+        return started
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._batch_slots.release()
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("send batch failed", exc_info=task.exception())
+
+    async def _credentials(self, row: Mapping[str, Any]) -> ProviderCredentials:
+        pa_id: UUID = row["provider_account_id"]
+        cached = self._creds.get(pa_id)
+        if cached is not None and cached[0] > self.clock():
+            return cached[1]
+        creds = ProviderCredentials(
+            provider=row["provider"], account_id=row["account_id"],
+            secret=self.box.decrypt(row["secret_encrypted"]), base_url=row["base_url"],
+            config=dict(row["config"] or {}))
+        self._creds[pa_id] = (self.clock() + 60.0, creds)  # picks up rotated secrets
+        return creds
+
+    def _outbound(self, row: Mapping[str, Any]) -> OutboundMessage:
+        channel = row["channel"]
+        provider = row["provider"]
+        callback = None
+        if provider == "twilio":
+            kind = "voice" if channel == "voice" else "sms"
+            callback = f"{self.config.public_url}/v1/providers/twilio/{kind}/status"
+        voice = row["voice"] or None
+        return OutboundMessage(
+            message_id=str(row["id"]), channel=channel, to=row["to_address"],
+            from_=row["from_address"], body=row["body"] or "", subject=row["subject"],
+            media_urls=tuple(row["media_urls"] or ()), status_callback_url=callback,
+            voice=VoiceScript(**voice) if voice else None,
+            unsubscribe_url=(f"{self.config.public_url}/v1/unsubscribe/{row['id']}"
+                             if channel == "email" and row["priority"] == "bulk" else None),
+            custom_args={"message_id": str(row["id"])})
+
+    async def _send(self, batch: list[Outbound]) -> None:
+        by_id = {item.message_id: item for item in batch}
+        rows = await store.begin_sending(self.pool, self.config.owner,
+                                         [UUID(i) for i in by_id], self.config.lease_s)
+        gone = set(by_id) - {str(r["id"]) for r in rows}
+        if gone:  # canceled, paused or taken over since it was queued: never sent
+            self.lanes.complete(gone)
+        groups: dict[tuple[UUID, str], list[Mapping[str, Any]]] = defaultdict(list)
+        for r in rows:
+            groups[(r["provider_account_id"], r["channel"])].append(r)
+        results: list[tuple[Mapping[str, Any], SendResult]] = []
+
+        async def send_group(key: tuple[UUID, str], group: list[Mapping[str, Any]]) -> None:
+            adapter = self.adapters[key[1]]
+            creds = await self._credentials(group[0])
+            started = time.perf_counter()
+            out = await adapter.send_batch(creds, [self._outbound(r) for r in group])
+            self.metrics.provider_latency(group[0]["provider"], time.perf_counter() - started,
+                                          len(group))
+            results.extend(zip(group, out, strict=True))
+
+        await asyncio.gather(*(send_group(k, g) for k, g in groups.items()))
+        await self._record(by_id, results)
+
+    async def _record(self, by_id: Mapping[str, Outbound],
+                      results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
+        accepted: list[tuple[UUID, str, str]] = []
+        failed: list[tuple[UUID, str | None, str]] = []
+        retry: list[tuple[UUID, datetime]] = []
+        in_doubt: list[tuple[UUID, str]] = []
+        done: list[str] = []
+        retries: list[tuple[Outbound, float]] = []
+        now, wall = self.clock(), datetime.now(UTC)
+        for row, res in results:
+            item = by_id[str(row["id"])]
+            err = res.error
+            if err is None:
+                status = res.status if res.status and rank(res.status) > rank(Status.SENT) \
+                    else Status.SENT
+                accepted.append((row["id"], res.provider_message_id or "", status.value))
+                done.append(item.message_id)
+            elif err.kind in (ErrorKind.THROTTLED, ErrorKind.CONNECTION_FAILED):
+                delay = err.retry_after or backoff(item.attempt + 1)
+                if err.kind == ErrorKind.THROTTLED:
+                    # The provider said slow down: the whole sender waits, not one message.
+                    for key in item.path:
+                        if key[0] in ("sender", "provider"):
+                            self.limiter.penalize(key, delay, now)
+                            break
+                    self.metrics.throttled(row["provider"])
+                retry.append((row["id"], wall + timedelta(seconds=delay)))
+                retries.append((item, delay))
+            elif err.kind == ErrorKind.IN_DOUBT:
+                in_doubt.append((row["id"], err.message[:500]))
+                done.append(item.message_id)
+            else:
+                failed.append((row["id"], err.provider_code or err.kind.value, err.message[:500]))
+                done.append(item.message_id)
+        visible = [r["id"] for r, res in results
+                   if r["priority"] != "bulk" and (res.ok or not res.error or
+                                                   not res.error.retryable)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.record_accepted(conn, self.config.owner, accepted)
+            await store.record_failed(conn, self.config.owner, failed)
+            await store.record_retry(conn, self.config.owner, retry)
+            await store.record_in_doubt(conn, self.config.owner, in_doubt)
+            written = await _message_events(conn, visible)
+        await events.publish(self.redis, written)
+        self.lanes.complete(done)
+        for item, delay in retries:
+            self.lanes.retry(item, delay, now)
+        self.sent_total += len(accepted)
+        for row, res in results:
+            self.metrics.outcome(row["channel"], res)
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    async def renew_leases(self) -> None:
+        held = [UUID(i) for i in self.lanes.queued_ids()]
+        if not held:
+            return
+        kept = await store.renew(self.pool, self.config.owner, held, self.config.lease_s)
+        lost = [str(i) for i in held if i not in kept]
+        if lost:  # canceled or paused in the database: drop them here too
+            self.lanes.cancel(lost)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The shard's loop: claim, send, renew, until `stop` is set."""
+        last_claim = last_renew = 0.0
+        while not stop.is_set():
+            now = self.clock()
+            try:
+                if now - last_claim >= self.config.claim_interval_s:
+                    last_claim = now
+                    await self.claim()
+                if now - last_renew >= self.config.lease_s / 3:
+                    last_renew = now
+                    await self.renew_leases()
+                await self.pump()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("sender shard loop error; retrying", extra={
+                    "owner": self.config.owner, "error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(1.0)
+            self.metrics.lane_depth(self.config.owner, len(self.lanes))
+            wake = self.lanes.next_wakeup(self.clock())
+            timeout = self.config.claim_interval_s
+            if wake is not None:
+                timeout = min(timeout, max(0.0, wake - self.clock()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Finish batches in flight and hand unsent leases back."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        held = [UUID(i) for i in self.lanes.queued_ids()]
+        if held:
+            with contextlib.suppress(Exception):
+                await store.release(self.pool, self.config.owner, held)
+
+    def stats(self) -> dict[str, Any]:
+        return {"owner": self.config.owner, "queued": len(self.lanes),
+                "in_flight_batches": len(self._in_flight), "sent_total": self.sent_total,
+                "buckets": self.limiter.bucket_count}
+
+
+async def _message_events(conn: asyncpg.Connection, ids: list[UUID]) -> list[events.Event]:
+    """`message.status_updated` with the message snapshot, for replies and transactional
+    messages (bulk progress is reported per campaign instead, about once a second)."""
+    if not ids:
+        return []
+    from hub.store.messaging import MESSAGE_COLS
+
+    rows = await conn.fetch(f"SELECT {MESSAGE_COLS} FROM messages WHERE id = ANY($1::uuid[])",
+                            ids)
+    pending = [events.PendingEvent(r["sub_account_id"], "message.status_updated", dict(r),
+                                   f"conversation:{r['conversation_id']}")
+               for r in rows]
+    return await events.append(conn, pending)

@@ -1,0 +1,98 @@
+"""Sending one message, an agent's reply in a conversation, and cancelling a queued one."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from gateway import idempotency
+from gateway.deps import HubDep, IdempotencyKey, PrincipalDep, SubAccountDep
+from gateway.schemas import MessageIn, MessageOut, ReplyIn
+from hub import sending
+from hub.errors import NotFound, ValidationFailed
+from hub.store import messaging
+
+router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["sending"])
+
+
+def _require_key(key: str | None) -> str:
+    if key is None:
+        raise ValidationFailed.field(
+            "Idempotency-Key", "sending needs an Idempotency-Key header (any unique string, "
+            "reused only to retry the same request)", "missing")
+    return key
+
+
+async def _hand_off(request: Request, message: dict[str, Any]) -> None:
+    actors = getattr(request.app.state, "actors", None)
+    if actors is not None:
+        await actors.submit(message["channel"], message["slot"], [str(message["id"])])
+
+
+def _req(body: MessageIn | ReplyIn) -> dict[str, Any]:
+    data = body.model_dump(mode="json", exclude_unset=False)
+    data["media_urls"] = [str(u) for u in getattr(body, "media_urls", [])]
+    for k in ("contact_id", "sender_id"):
+        if data.get(k):
+            data[k] = UUID(str(data[k]))
+    return data
+
+
+@router.post("/messages", status_code=202, response_model=MessageOut)
+async def send_message(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
+                       body: MessageIn, request: Request,
+                       key: IdempotencyKey = None) -> JSONResponse:
+    """Queue one message (SMS, MMS, email or a voice call) to a contact, an E.164 number or
+    an email address. 202: it is queued; follow its status on the realtime feed or here."""
+    created: dict[str, Any] = {}
+
+    async def work() -> tuple[int, MessageOut]:
+        message = await sending.do_send_message(hub, sub_account, _req(body))
+        created.update(message)
+        return 202, MessageOut(**{k: v for k, v in message.items() if k != "slot"})
+
+    response = await idempotency.run(hub, principal, _require_key(key), "POST",
+                                     request.url.path, body, work)
+    if created:
+        await _hand_off(request, created)
+    return response
+
+
+@router.post("/conversations/{conversation_id}/messages", status_code=202,
+             response_model=MessageOut)
+async def reply(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
+                conversation_id: UUID, body: ReplyIn, request: Request,
+                key: IdempotencyKey = None) -> JSONResponse:
+    """An agent's reply: sent on the reply lane, ahead of any bulk traffic."""
+    conversation = await messaging.get_conversation(hub.pool, sub_account["id"],
+                                                    conversation_id)
+    if conversation is None:
+        raise NotFound("no such conversation", code="conversation_not_found")
+    created: dict[str, Any] = {}
+
+    async def work() -> tuple[int, MessageOut]:
+        req = _req(body)
+        req.update(channel=("mms" if req["media_urls"] else "sms")
+                   if conversation["channel"] == "sms" else conversation["channel"],
+                   contact_id=conversation["contact_id"])
+        message = await sending.do_send_message(hub, sub_account, req, priority="reply",
+                                                conversation_id=conversation_id)
+        created.update(message)
+        return 202, MessageOut(**{k: v for k, v in message.items() if k != "slot"})
+
+    response = await idempotency.run(hub, principal, _require_key(key), "POST",
+                                     request.url.path, body, work)
+    if created:
+        await _hand_off(request, created)
+    return response
+
+
+@router.post("/messages/{message_id}/cancel", response_model=MessageOut)
+async def cancel_message(hub: HubDep, sub_account: SubAccountDep,
+                         message_id: UUID) -> MessageOut:
+    """Cancel a message that has not started sending (409 once it has)."""
+    row = await sending.do_cancel_message(hub, sub_account["id"], message_id)
+    return MessageOut(**row)

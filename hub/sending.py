@@ -1,0 +1,187 @@
+"""Sending one message: an API send or an agent's reply is checked (suppressions, content,
+sender), persisted as `queued` with its conversation, and recorded in the event log; the
+caller then hands it to its Sender shard. Cancelling works until the send has begun."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from hub.context import Hub
+from hub.emails import email_key, normalize_email
+from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
+from hub.phones import normalize_phone
+from hub.segments import MAX_BODY_CHARS, count_segments
+from hub.sender_pool import choose_sender
+from hub.status import CANCELABLE
+from hub.store import contacts as contact_store
+from hub.store import messaging
+from hub.store import suppressions as suppression_store
+
+Row = dict[str, Any]
+SENDER_CHANNEL = {"sms": "sms", "mms": "sms", "email": "email", "voice": "voice"}
+MAX_MEDIA = 10
+
+
+def _check_content(channel: str, body: str, subject: str | None, media_urls: list[str],
+                   voice: Row | None) -> tuple[int, str | None]:
+    errors: list[FieldError] = []
+    segments, encoding = 1, None
+    if channel in ("sms", "mms"):
+        if not body and not media_urls:
+            errors.append(FieldError("body", "a text message needs a body or media", "required"))
+        if len(body) > MAX_BODY_CHARS:
+            errors.append(FieldError("body", f"at most {MAX_BODY_CHARS} characters "
+                                     f"(this is {len(body)})", "too_long"))
+        if channel == "sms" and media_urls:
+            errors.append(FieldError("media_urls", "media needs channel mms", "mms_required"))
+        if len(media_urls) > MAX_MEDIA:
+            errors.append(FieldError("media_urls", f"at most {MAX_MEDIA} media URLs",
+                                     "too_many"))
+        info = count_segments(body)
+        segments, encoding = info.segments, info.encoding
+    elif channel == "email":
+        if not subject:
+            errors.append(FieldError("subject", "an email needs a subject", "required"))
+        if not body:
+            errors.append(FieldError("body", "an email needs a body", "required"))
+    elif channel == "voice" and not (voice and (voice.get("say") or voice.get("play_url"))):
+        errors.append(FieldError("voice", "a call needs voice.say or voice.play_url",
+                                 "required"))
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors),
+                               errors=errors)
+    return segments, encoding
+
+
+async def _resolve_contact(hub: Hub, conn: Any, sa: Row, channel: str,
+                           contact_id: UUID | None, to: str | None) -> tuple[Row, str]:
+    """The contact and its address on this channel; a new number or address makes a
+    contact, as an inbound message would."""
+    email = channel == "email"
+    if contact_id is not None:
+        contact = await contact_store.get(conn, sa["id"], contact_id)
+        if contact is None:
+            raise NotFound("no such contact", code="contact_not_found")
+        address = contact["email"] if email else contact["phone"]
+        if not address:
+            raise ValidationFailed.field("contact_id", f"this contact has no "
+                                         f"{'email' if email else 'phone'}", "no_address")
+        return contact, address
+    if not to:
+        raise ValidationFailed.field("to", "give `to` or `contact_id`", "required")
+    if email:
+        address = normalize_email(to, field="to")
+        key: dict[str, Any] = {"email": address, "email_key": email_key(address)}
+        found = await contact_store.find_by_keys(conn, sa["id"], None, key["email_key"])
+    else:
+        address = normalize_phone(to, sa["default_region"], field="to")
+        key = {"phone": address}
+        found = await contact_store.find_by_keys(conn, sa["id"], address, None)
+    if found:
+        return found[0], address
+    created = await contact_store.insert(conn, sa["id"], key)
+    if created is None:  # raced with another insert of the same address
+        found = await contact_store.find_by_keys(conn, sa["id"], key.get("phone"),
+                                                 key.get("email_key"))
+        return found[0], address
+    return created, address
+
+
+async def _pick_sender(conn: Any, sa: Row, channel: str, sender_id: UUID | None,
+                       contact_id: UUID) -> Row:
+    rows = await conn.fetch(
+        """SELECT id, address, provider_account_id, kind FROM senders
+           WHERE sub_account_id = $1 AND channel = $2 ORDER BY id""",
+        sa["id"], SENDER_CHANNEL[channel])
+    if sender_id is not None:
+        for r in rows:
+            if r["id"] == sender_id:
+                return dict(r)
+        raise ValidationFailed.field("sender_id", f"no {SENDER_CHANNEL[channel]} sender with "
+                                     "this id in the sub-account", "not_found")
+    if not rows:
+        raise ValidationFailed.field("channel", f"this sub-account has no "
+                                     f"{SENDER_CHANNEL[channel]} sender; add one under "
+                                     "/senders", "no_sender")
+    chosen = choose_sender(str(contact_id), [str(r["id"]) for r in rows])
+    return next(dict(r) for r in rows if str(r["id"]) == chosen)
+
+
+async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "transactional",
+                          conversation_id: UUID | None = None) -> Row:
+    """Persist one outbound message as queued. `req` holds channel, to or contact_id, body,
+    subject, html, media_urls, voice, sender_id."""
+    channel = req["channel"]
+    body = req.get("body") or ""
+    media = list(req.get("media_urls") or [])
+    segments, encoding = _check_content(channel, body, req.get("subject"), media,
+                                        req.get("voice"))
+    async with hub.transaction() as tx:
+        conn = tx.conn
+        contact, address = await _resolve_contact(hub, conn, sa, channel,
+                                                  req.get("contact_id"), req.get("to"))
+        sup_address = email_key(address) if channel == "email" else address
+        if await suppression_store.is_suppressed(conn, sa["id"], SENDER_CHANNEL[channel],
+                                                 sup_address):
+            raise Conflict(
+                f"{'this address' if channel == 'email' else 'this number'} opted out or is "
+                "suppressed; nothing was sent. Remove the suppression only with the "
+                "contact's consent.", code="recipient_suppressed",
+                errors=[FieldError("to", "suppressed", "recipient_suppressed")])
+        sender = await _pick_sender(conn, sa, channel, req.get("sender_id"), contact["id"])
+        conv_channel = SENDER_CHANNEL[channel]
+        conversation = await conn.fetchrow(
+            """INSERT INTO conversations (sub_account_id, contact_id, channel, last_message_at,
+                   last_message_preview)
+               VALUES ($1, $2, $3, now(), left($4, 140))
+               ON CONFLICT (sub_account_id, contact_id, channel) DO UPDATE
+                   SET last_message_at = now(), last_message_preview = left($4, 140),
+                       updated_at = now()
+               RETURNING *""",
+            sa["id"], contact["id"], conv_channel, body or req.get("subject") or "")
+        if conversation_id is not None and conversation["id"] != conversation_id:
+            raise ValidationFailed.field("channel", "this conversation is on another channel",
+                                         "channel_mismatch")
+        row = await conn.fetchrow(
+            f"""INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
+                    channel, priority, sender_id, provider_account_id, from_address,
+                    to_address, subject, body, media_urls, voice, status, segments, encoding,
+                    slot, provider)
+                SELECT $1, $2, $3, 'outbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                       'queued', $14, $15, s.slot, p.provider
+                FROM sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $7
+                RETURNING {messaging.MESSAGE_COLS}, slot""",
+            sa["id"], conversation["id"], contact["id"], channel, priority, sender["id"],
+            sender["provider_account_id"], sender["address"], address, req.get("subject"),
+            body, media, req.get("voice"), segments, encoding)
+        message = dict(row)
+        await conn.execute(
+            "INSERT INTO message_events (message_id, sub_account_id, status) "
+            "VALUES ($1, $2, 'queued')", message["id"], sa["id"])
+        topic = f"conversation:{conversation['id']}"
+        snapshot = {k: v for k, v in message.items() if k != "slot"}
+        tx.emit(sa["id"], "message.created", snapshot, topic)
+        tx.emit(sa["id"], "conversation.updated", dict(conversation), topic)
+    return message
+
+
+async def do_cancel_message(hub: Hub, sa_id: UUID, message_id: UUID) -> Row:
+    async with hub.transaction() as tx:
+        row = await tx.conn.fetchrow(
+            f"""UPDATE messages SET status = 'canceled', updated_at = now()
+                WHERE id = $1 AND sub_account_id = $2 AND status = ANY($3::text[])
+                RETURNING {messaging.MESSAGE_COLS}""",
+            message_id, sa_id, [s.value for s in CANCELABLE])
+        if row is None:
+            current = await messaging.get_message(tx.conn, sa_id, message_id)
+            if current is None:
+                raise NotFound("no such message", code="message_not_found")
+            raise Conflict(f"the message is already {current['status']}; only queued or "
+                           "scheduled messages can be canceled", code="not_cancelable")
+        await tx.conn.execute(
+            "INSERT INTO message_events (message_id, sub_account_id, status) "
+            "VALUES ($1, $2, 'canceled')", message_id, sa_id)
+        tx.emit(sa_id, "message.status_updated", dict(row),
+                f"conversation:{row['conversation_id']}")
+    return dict(row)

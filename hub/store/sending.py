@@ -1,0 +1,188 @@
+"""SQL of the send path: leasing queued messages to a sender shard, the `sending` commit that
+makes each send happen at most once, recording provider results, and the reconciler's view.
+
+The rule that gives exactly-once effect: a message leaves for the provider only after this
+shard's UPDATE moved it from `queued` to `sending` under its own lease and committed. Any
+other copy of the message (a second shard, a restarted one, a replayed submit) finds it no
+longer `queued` and drops it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from hub.status import sql_rank_case
+
+Conn = asyncpg.Connection | asyncpg.Pool
+Row = dict[str, Any]
+
+#: What a sender shard needs to place a message in a lane and its rate-limit path.
+LANE_COLS = """m.id, m.sub_account_id, m.priority, m.campaign_id, m.sender_id,
+    m.provider_account_id, m.segments, m.attempts, m.not_before, m.channel,
+    s.mps AS sender_mps, c.rate_cap AS campaign_rate"""
+LANE_JOIN = """LEFT JOIN senders s ON s.id = m.sender_id
+    LEFT JOIN campaigns c ON c.id = m.campaign_id"""
+
+
+async def lease_queued(conn: Conn, owner: str, channels: list[str], slots: list[int],
+                       limit: int, lease_s: float) -> list[Row]:
+    """Lease up to `limit` queued messages of these slots not leased by a live shard, highest
+    priority first (replies, then transactional, then bulk), oldest first."""
+    rows = await conn.fetch(
+        f"""WITH picked AS (
+               SELECT id FROM messages
+               WHERE status = 'queued' AND channel = ANY($2::text[]) AND slot = ANY($3::int[])
+                 AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < now())
+               ORDER BY (priority = 'bulk'), (priority = 'transactional'), created_at
+               LIMIT $4 FOR UPDATE SKIP LOCKED)
+           , m AS (
+               UPDATE messages m SET lease_owner = $1,
+                      lease_expires_at = now() + make_interval(secs => $5)
+               FROM picked WHERE m.id = picked.id RETURNING m.*)
+           SELECT {LANE_COLS} FROM m {LANE_JOIN}""",
+        owner, channels, slots, limit, lease_s,
+    )
+    return [dict(r) for r in rows]
+
+
+async def lease_ids(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
+    """The fast path: lease specific queued messages (a just-submitted reply)."""
+    rows = await conn.fetch(
+        f"""WITH picked AS (
+               SELECT id FROM messages WHERE id = ANY($2::uuid[]) AND status = 'queued'
+                 AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < now())
+               FOR UPDATE SKIP LOCKED),
+           m AS (
+               UPDATE messages m SET lease_owner = $1,
+                      lease_expires_at = now() + make_interval(secs => $3)
+               FROM picked WHERE m.id = picked.id RETURNING m.*)
+           SELECT {LANE_COLS} FROM m {LANE_JOIN}""",
+        owner, ids, lease_s,
+    )
+    return [dict(r) for r in rows]
+
+
+async def renew(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> set[UUID]:
+    """Extend leases; returns the ids still queued and ours (others were canceled or lost)."""
+    rows = await conn.fetch(
+        """UPDATE messages SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'queued'
+           RETURNING id""",
+        owner, ids, lease_s,
+    )
+    return {r["id"] for r in rows}
+
+
+async def begin_sending(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
+    """Move leased messages from queued to sending and return what to send. Only the rows
+    returned may be sent; the commit of this statement is the point of no return."""
+    rows = await conn.fetch(
+        """UPDATE messages m SET status = 'sending', attempts = attempts + 1,
+                  lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+           FROM provider_accounts p
+           WHERE m.id = ANY($2::uuid[]) AND m.status = 'queued' AND m.lease_owner = $1
+             AND p.id = m.provider_account_id
+           RETURNING m.id, m.sub_account_id, m.channel, m.from_address, m.to_address,
+                     m.subject, m.body, m.media_urls, m.voice, m.contact_id, m.campaign_id,
+                     m.priority, m.provider_account_id, p.provider, p.account_id,
+                     p.secret_encrypted, p.base_url, p.config""",
+        owner, ids, lease_s,
+    )
+    return [dict(r) for r in rows]
+
+
+async def record_accepted(conn: Conn, owner: str, rows: list[tuple[UUID, str, str]]) -> None:
+    """(message id, provider message id, status): the provider took them."""
+    if not rows:
+        return
+    await conn.execute(
+        f"""UPDATE messages m SET provider_message_id = u.pid,
+                  status = CASE WHEN {sql_rank_case('u.st')} > {sql_rank_case('m.status')}
+                                THEN u.st ELSE m.status END,
+                  sent_at = coalesce(m.sent_at, now()), in_doubt = false,
+                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+           FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
+           WHERE m.id = u.id AND m.lease_owner = $1""",
+        owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+    )
+    await conn.execute(
+        """INSERT INTO message_events (message_id, sub_account_id, status)
+           SELECT m.id, m.sub_account_id, m.status FROM messages m
+           WHERE m.id = ANY($1::uuid[])""",
+        [r[0] for r in rows],
+    )
+
+
+async def record_failed(conn: Conn, owner: str,
+                        rows: list[tuple[UUID, str | None, str]]) -> None:
+    """(message id, error code, error message): refused for good."""
+    if not rows:
+        return
+    await conn.execute(
+        """UPDATE messages m SET status = 'failed', error_code = u.code, error_message = u.msg,
+                  failed_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+                  updated_at = now()
+           FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, code, msg)
+           WHERE m.id = u.id AND m.lease_owner = $1 AND m.status = 'sending'""",
+        owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+    )
+    await conn.execute(
+        """INSERT INTO message_events (message_id, sub_account_id, status, error_code)
+           SELECT m.id, m.sub_account_id, 'failed', m.error_code FROM messages m
+           WHERE m.id = ANY($1::uuid[]) AND m.status = 'failed'""",
+        [r[0] for r in rows],
+    )
+
+
+async def record_retry(conn: Conn, owner: str, rows: list[tuple[UUID, datetime]]) -> None:
+    """(message id, not before): throttled or never reached the provider; back to queued,
+    still leased by this shard, which holds it in its lane."""
+    if not rows:
+        return
+    await conn.execute(
+        """UPDATE messages m SET status = 'queued', not_before = u.nb, updated_at = now()
+           FROM unnest($2::uuid[], $3::timestamptz[]) AS u(id, nb)
+           WHERE m.id = u.id AND m.lease_owner = $1 AND m.status = 'sending'""",
+        owner, [r[0] for r in rows], [r[1] for r in rows],
+    )
+
+
+async def record_in_doubt(conn: Conn, owner: str, rows: list[tuple[UUID, str]]) -> None:
+    """The request may have reached the provider: keep `sending`, flag it, and leave it to
+    the reconciler (provider lookup or the arriving callback), never to a blind resend."""
+    if not rows:
+        return
+    await conn.execute(
+        """UPDATE messages m SET in_doubt = true, error_message = u.msg, lease_owner = NULL,
+                  lease_expires_at = now(), updated_at = now()
+           FROM unnest($2::uuid[], $3::text[]) AS u(id, msg)
+           WHERE m.id = u.id AND m.lease_owner = $1 AND m.status = 'sending'""",
+        owner, [r[0] for r in rows], [r[1] for r in rows],
+    )
+
+
+async def release(conn: Conn, owner: str, ids: list[UUID]) -> None:
+    """Give leases back (shutdown, rebalancing) so another shard claims them at once."""
+    await conn.execute(
+        """UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL
+           WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'queued'""",
+        owner, ids,
+    )
+
+
+async def stale_sending(conn: Conn, limit: int) -> list[Row]:
+    """Messages whose send outcome is unknown: in doubt, or `sending` under an expired
+    lease (the shard died between the commit and the provider's answer)."""
+    rows = await conn.fetch(
+        """SELECT m.id, m.sub_account_id, m.channel, m.from_address, m.to_address, m.body,
+                  m.subject, m.created_at, m.updated_at, m.provider_account_id, p.provider,
+                  p.account_id, p.secret_encrypted, p.base_url, p.config
+           FROM messages m JOIN provider_accounts p ON p.id = m.provider_account_id
+           WHERE m.status = 'sending' AND m.lease_expires_at < now()
+           ORDER BY m.lease_expires_at LIMIT $1 FOR UPDATE OF m SKIP LOCKED""",
+        limit,
+    )
+    return [dict(r) for r in rows]

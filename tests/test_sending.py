@@ -1,0 +1,147 @@
+"""Sending one message through the real gateway, Ray sender shards and the sandbox carrier;
+the carrier's request log is the ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from channels.sandbox import run_carrier_in_thread
+from channels.sandbox_config import CarrierConfig
+from hub.context import Hub
+from tests.conftest import Tenant, assert_problem, auth
+
+
+@pytest.fixture(scope="session")
+def carrier() -> Iterator[Any]:
+    handle = run_carrier_in_thread(CarrierConfig(seed=7, callbacks_enabled=False))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+async def carrier_log(carrier: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=carrier.url, timeout=10) as client:
+        await client.delete("/sandbox/requests")
+        await client.post("/sandbox/config", json={"callbacks_enabled": False})
+        yield client
+
+
+async def setup_sms(api: httpx.AsyncClient, tenant: Tenant, carrier_url: str,
+                    numbers: tuple[str, ...] = ("+12125550100",),
+                    mps: float = 50) -> list[dict[str, Any]]:
+    h = auth(tenant.sa1_key)
+    p = await api.post(f"/v1/sub-accounts/{tenant.sa1}/providers", headers=h, json={
+        "provider": "twilio", "name": "sandbox", "account_id": "AC" + "a" * 32,
+        "secret": "sandbox-token", "base_url": carrier_url})
+    assert p.status_code == 201, p.text
+    senders = []
+    for n in numbers:
+        s = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=h, json={
+            "provider_account_id": p.json()["id"], "channel": "sms", "kind": "toll_free",
+            "address": n, "mps": mps})
+        assert s.status_code == 201, s.text
+        senders.append(s.json())
+    return senders
+
+
+async def wait_for(pred: Any, timeout: float = 60.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await pred()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+async def carrier_requests(log: httpx.AsyncClient) -> list[dict[str, Any]]:
+    r = await log.get("/sandbox/requests", params={"limit": 1_000_000})
+    body = r.json()
+    return body["requests"] if isinstance(body, dict) else body
+
+
+async def test_send_sms_reaches_the_carrier_once(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,
+    carrier_log: httpx.AsyncClient
+) -> None:
+    await setup_sms(api, tenant, carrier.url)
+    h = {**auth(tenant.sa1_key), "Idempotency-Key": "first-text"}
+    body = {"channel": "sms", "to": "(415) 555-2671", "body": "Your table is ready 🍽"}
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages", headers=h, json=body)
+    assert r.status_code == 202, r.text
+    msg = r.json()
+    assert msg["status"] == "queued" and msg["to_address"] == "+14155552671"
+    assert msg["segments"] == 1 and msg["encoding"] == "UCS-2"
+    again = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages", headers=h, json=body)
+    assert again.json()["id"] == msg["id"]
+
+    async def sent() -> dict[str, Any] | None:
+        m = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/messages/{msg['id']}",
+                           headers=auth(tenant.sa1_key))).json()
+        return m if m["status"] == "sent" else None
+
+    final = await wait_for(sent)
+    assert final["provider_message_id"].startswith("SM")
+    assert [s["status"] for s in final["history"]][:1] == ["queued"]
+    reqs = [q for q in await carrier_requests(carrier_log) if q["to"] == "+14155552671"]
+    assert len(reqs) == 1 and reqs[0]["body"] == body["body"]
+    assert reqs[0]["provider_sid"] == final["provider_message_id"]
+    # The contact and its conversation now exist.
+    convs = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/conversations",
+                           headers=auth(tenant.sa1_key))).json()["data"]
+    assert [c["id"] for c in convs] == [final["conversation_id"]]
+
+
+async def test_suppressed_recipient_is_refused_without_a_provider_call(
+    api: httpx.AsyncClient, tenant: Tenant, carrier: Any, carrier_log: httpx.AsyncClient
+) -> None:
+    await setup_sms(api, tenant, carrier.url)
+    h = auth(tenant.sa1_key)
+    await api.post(f"/v1/sub-accounts/{tenant.sa1}/suppressions", headers=h, json={
+        "channel": "sms", "address": "+14155550111", "reason": "texted STOP"})
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages",
+                       headers={**h, "Idempotency-Key": "k1"},
+                       json={"to": "+14155550111", "body": "hi"})
+    assert_problem(r, 409, "recipient_suppressed", field="to")
+    missing_key = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages", headers=h,
+                                 json={"to": "+14155550112", "body": "hi"})
+    assert_problem(missing_key, 422, field="Idempotency-Key")
+    await asyncio.sleep(1.0)
+    assert [q for q in await carrier_requests(carrier_log)
+            if q["to"] in ("+14155550111", "+14155550112")] == []
+
+
+async def test_cancel_works_until_the_send_begins(
+    api: httpx.AsyncClient, tenant: Tenant, carrier: Any, carrier_log: httpx.AsyncClient
+) -> None:
+    # A slow sender (one message per 20 s): the second message waits in its lane.
+    await setup_sms(api, tenant, carrier.url, mps=0.05)
+    h = auth(tenant.sa1_key)
+    first = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages",
+                           headers={**h, "Idempotency-Key": "goes"},
+                           json={"to": "+14155550121", "body": "on its way"})
+    second = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages",
+                            headers={**h, "Idempotency-Key": "stays"},
+                            json={"to": "+14155550122", "body": "never mind"})
+    c = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages/{second.json()['id']}/cancel",
+                       headers=h)
+    assert c.status_code == 200 and c.json()["status"] == "canceled"
+
+    async def first_sent() -> bool:
+        m = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/messages/{first.json()['id']}",
+                           headers=h)).json()
+        return m["status"] == "sent"
+
+    await wait_for(first_sent)
+    again = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages/{first.json()['id']}/cancel",
+                           headers=h)
+    assert_problem(again, 409, "not_cancelable")
+    await asyncio.sleep(1.0)
+    tos = [q["to"] for q in await carrier_requests(carrier_log)]
+    assert tos.count("+14155550121") == 1 and "+14155550122" not in tos
