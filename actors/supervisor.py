@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 #: Sender shard groups: the message channels each group's shards send.
 CHANNEL_GROUPS = {"sms": ("sms", "mms"), "email": ("email",), "voice": ("voice",)}
-#: How long an unresolved in-doubt send waits before the provider's silence is believed.
-IN_DOUBT_GRACE = timedelta(minutes=2)
 
 
 def sender_name(group: str, index: int) -> str:
@@ -45,6 +43,8 @@ class Supervisor:
         self.scheduler_ring = Ring(spec["scheduler_shards"])
         self.senders: dict[str, list[Any]] = {}
         self.schedulers: list[Any] = []
+        #: How long an unresolved in-doubt send waits before the provider's silence counts.
+        self.grace = timedelta(seconds=float(spec.get("in_doubt_grace_s", 120.0)))
 
     def _shard_spec(self, owner: str, slots: tuple[int, ...], **extra: Any) -> dict[str, Any]:
         keys = ("database_url", "redis_url", "secret_key", "old_secret_keys", "public_url",
@@ -104,13 +104,13 @@ class Supervisor:
                            WHERE id = $1 AND status = 'sending'""", row["id"], outcome)
                     resolved["sent"] += 1
                 elif row["channel"] in ("sms", "mms", "voice") and \
-                        now - row["updated_at"] > IN_DOUBT_GRACE:
+                        now - row["updated_at"] > self.grace:
                     await conn.execute(
                         """UPDATE messages SET status = 'queued', in_doubt = false,
                                lease_owner = NULL, lease_expires_at = NULL
                            WHERE id = $1 AND status = 'sending'""", row["id"])
                     resolved["requeued"] += 1
-                elif row["channel"] == "email" and now - row["updated_at"] > IN_DOUBT_GRACE:
+                elif row["channel"] == "email" and now - row["updated_at"] > self.grace:
                     await conn.execute(
                         """UPDATE messages SET status = 'failed', error_code = 'outcome_unknown',
                                error_message = 'the provider never confirmed this send',

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     #: How long a shard's claim on a message or recipient lasts without renewal; a dead
     #: shard's work is taken over after this.
     lease_s: float = Field(30.0, ge=2.0, le=600.0)
+    #: How long a send whose outcome is unknown waits before the provider's silence (no such
+    #: message in its log) is believed and the message is queued again.
+    in_doubt_grace_s: float = Field(120.0, ge=1.0, le=86_400.0)
 
     max_body_bytes: int = 1_000_000
     max_import_bytes: int = 64_000_000

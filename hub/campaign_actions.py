@@ -78,9 +78,30 @@ async def do_launch_campaign(hub: Hub, sa: Row, id_: UUID) -> Row:
         audience = parse_audience(c["audience"])
         where, args = audience_sql(audience, 0)
         await store.materialise(tx.conn, c, where, args, max(now, c["start_at"] or now))
+        if audience.needs_refinement:
+            await _refine(tx.conn, sa, c, audience)
         row = await store.set_status(tx.conn, id_, status, extra=", launched_at = now()")
         tx.emit(sa["id"], "campaign.updated", snapshot(row), f"campaign:{id_}")
     return row
+
+
+async def _refine(conn: Any, sa: Row, c: Row, audience: Any) -> None:
+    """Time-zone and region filters over-select in SQL (a zone can come from the number or
+    the sub-account); drop the recipients the audience does not admit."""
+    rows = await conn.fetch(
+        """SELECT r.contact_id, k.timezone, k.phone FROM campaign_recipients r
+           JOIN contacts k ON k.id = r.contact_id WHERE r.campaign_id = $1""", c["id"])
+    drop = [r["contact_id"] for r in rows if not audience.admits(
+        contact_timezone(r["timezone"], r["phone"], sa["timezone"]), r["phone"])]
+    if drop:
+        await conn.execute(
+            "DELETE FROM campaign_recipients WHERE campaign_id = $1 AND contact_id = ANY($2)",
+            c["id"], drop)
+        await conn.execute(
+            """UPDATE campaigns SET recipients_total = recipients_total - $2,
+                   skipped_total = (SELECT count(*) FROM campaign_recipients
+                                    WHERE campaign_id = $1 AND status = 'skipped')
+               WHERE id = $1""", c["id"], len(drop))
 
 
 async def do_pause_campaign(hub: Hub, sa: Row, id_: UUID, reason: str | None = None) -> Row:
@@ -129,9 +150,11 @@ async def _rate(hub: Hub, c: Row) -> float:
     return min(rate, float(c["rate_cap"])) if c["rate_cap"] else rate
 
 
-async def _zones(hub: Hub, sa: Row, sql: str, args: list[Any]) -> dict[str, int]:
+async def _zones(hub: Hub, sa: Row, sql: str, args: list[Any],
+                 audience: Any = None) -> dict[str, int]:
     """Recipient counts per time zone. Contacts are grouped by explicit zone and number
-    prefix in SQL, so 100k recipients become a few hundred groups to resolve."""
+    prefix in SQL, so 100k recipients become a few hundred groups to resolve; with an
+    audience that needs refinement, groups it does not admit are left out."""
     rows = await hub.pool.fetch(
         f"""SELECT c.timezone, left(c.phone, 7) AS prefix, min(c.phone) AS sample,
                    count(*) AS n
@@ -139,6 +162,9 @@ async def _zones(hub: Hub, sa: Row, sql: str, args: list[Any]) -> dict[str, int]
     zones: Counter[str] = Counter()
     for r in rows:
         tz = contact_timezone(r["timezone"], r["sample"], sa["timezone"])
+        if audience is not None and audience.needs_refinement and \
+                not audience.admits(tz, r["sample"]):
+            continue
         zones[tz.key] += int(r["n"])
     return dict(zones)
 
@@ -176,8 +202,14 @@ async def campaign_stats(hub: Hub, sa: Row, id_: UUID) -> Row:
 
 async def campaign_dry_run(hub: Hub, sa: Row, id_: UUID) -> Row:
     c = await get_campaign(hub, sa["id"], id_)
-    where, args = audience_sql(parse_audience(c["audience"]), 1)
-    zones = await _zones(hub, sa, f"c.sub_account_id = $1 AND ({where})", [sa["id"], *args])
+    audience = parse_audience(c["audience"])
+    where, args = audience_sql(audience, 1)
+    address = "c.email_key" if c["channel"] == "email" else "c.phone"
+    sup = {"email": "email", "voice": "voice"}.get(c["channel"], "sms")
+    eligible = (f"c.sub_account_id = $1 AND {address} IS NOT NULL AND NOT EXISTS ("
+                f"SELECT 1 FROM suppressions s WHERE s.sub_account_id = c.sub_account_id AND "
+                f"s.channel = '{sup}' AND s.address = {address} AND s.removed_at IS NULL)")
+    zones = await _zones(hub, sa, f"{eligible} AND ({where})", [sa["id"], *args], audience)
     rate = await _rate(hub, c)
     now = datetime.now(UTC)
     p = projection.project(zones, now=now, start_at=c["start_at"], window=_window(c),

@@ -42,7 +42,7 @@ def settings() -> Settings:
     port = _free_port()
     return Settings(environment="development", data_dir=data_dir, port=port,
                     public_url=f"http://127.0.0.1:{port}", max_body_bytes=200_000,
-                    max_import_bytes=64_000_000, lease_s=5.0, sender_shards=2,
+                    max_import_bytes=64_000_000, lease_s=5.0, in_doubt_grace_s=5.0, sender_shards=2,
                     scheduler_shards=1)
 
 
