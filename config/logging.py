@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "color_message"}
+
+
+_SECRET_QUERY = re.compile(r"(ticket|sig|token)=[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    """Single-use tickets and link signatures ride in URLs; keep them out of the logs."""
+    return _SECRET_QUERY.sub(r"\1=[redacted]", text)
 
 
 class StructuredFormatter(logging.Formatter):
@@ -18,12 +27,13 @@ class StructuredFormatter(logging.Formatter):
         self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        fields: dict[str, Any] = {k: v for k, v in record.__dict__.items()
+                                  if k not in _STANDARD and not k.startswith("_")}
         base = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)

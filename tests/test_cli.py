@@ -45,7 +45,8 @@ def test_demo_exit_seeds_serves_and_stops_its_servers(data_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((data_dir / "demo.json").read_text())
     assert info["url"] == f"http://127.0.0.1:{port}" and info["agency_api_key"].startswith("sbk_")
-    assert "1,000 contacts" in done.stderr
+    assert info["carrier_url"].startswith("http://127.0.0.1:")
+    assert "summary" in done.stderr and "sms:" in done.stderr and "email:" in done.stderr
     # Its embedded Redis was stopped on exit (PostgreSQL is checked by the restart below).
     redis_pid = int((data_dir / "redis" / "redis.pid").read_text()) \
         if (data_dir / "redis" / "redis.pid").exists() else None
