@@ -272,7 +272,7 @@ async def _run_scenario(client: DemoClient, carrier: Any, console: Console) -> N
              for sa, c in campaigns}
     replied = False
     with progress:
-        for _ in range(1800):  # at most 15 minutes
+        for tick in range(1800):  # at most 15 minutes
             finished = 0
             for sa, c in campaigns:
                 s = await client.get(f"/v1/sub-accounts/{sa['id']}/campaigns/{c['id']}/stats")
@@ -283,8 +283,10 @@ async def _run_scenario(client: DemoClient, carrier: Any, console: Console) -> N
                     f"✓{counts.get('sent', 0) + delivered:,} ✓✓{delivered:,} "
                     f"✗{counts.get('failed', 0) + counts.get('undelivered', 0):,} "
                     f"⏸{counts.get('pending', 0):,}"))
-                if counts.get("queued", 0) + counts.get("sending", 0) == 0 and \
-                        s["current_rate_per_s"] == 0 and moved > 0:
+                idle = counts.get("queued", 0) + counts.get("sending", 0) == 0 and \
+                    s["current_rate_per_s"] == 0
+                # Idle once something left, or after 15 s (everyone may be in quiet hours).
+                if idle and (moved > 0 or tick > 30):
                     finished += 1
             if not replied and any(t.completed for t in progress.tasks):
                 await _replies(client, carrier, subs)  # once the first messages are out
