@@ -103,3 +103,10 @@ def metric(kind: str, name: str, description: str, tags: tuple[str, ...],
     cls = {"counter": metrics.Counter, "gauge": metrics.Gauge,
            "histogram": metrics.Histogram}[kind]
     return cls(name, description=description, tag_keys=tags, **kwargs)
+
+
+def metrics_url() -> str | None:
+    """Where this node's Ray metrics agent serves the actors' metrics to Prometheus."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    port = getattr(node, "metrics_export_port", None)
+    return f"http://127.0.0.1:{port}/metrics" if port else None

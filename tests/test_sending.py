@@ -145,3 +145,25 @@ async def test_cancel_works_until_the_send_begins(
     await asyncio.sleep(1.0)
     tos = [q["to"] for q in await carrier_requests(carrier_log)]
     assert tos.count("+14155550121") == 1 and "+14155550122" not in tos
+
+
+async def test_actor_metrics_reach_prometheus_through_ray(
+    api: httpx.AsyncClient, tenant: Tenant, carrier: Any, carrier_log: httpx.AsyncClient
+) -> None:
+    from actors import ray_api
+
+    await setup_sms(api, tenant, carrier.url)
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages",
+                       headers={**auth(tenant.sa1_key), "Idempotency-Key": "metrics"},
+                       json={"to": "+14155550133", "body": "counted"})
+    assert r.status_code == 202
+    url = ray_api.metrics_url()
+    assert url is not None
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def exported() -> bool:
+            body = (await http.get(url)).text
+            return 'ray_hub_messages_total{' in body and 'channel="sms"' in body and \
+                "ray_hub_provider_latency_seconds" in body
+
+        await wait_for(exported, timeout=60, every=1.0)
