@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 NAMESPACE = uuid.UUID("6f1c7a52-5b0e-4d5e-9a57-1c2f9e1d3b10")
 
 
+def _address_channel(channel: str) -> str:
+    return {"email": "email", "voice": "voice"}.get(channel, "sms")
+
+
 def message_id_for(campaign_id: UUID, contact_id: UUID) -> UUID:
     """The one message a campaign may send a contact: derived, so retries collide."""
     return uuid.uuid5(NAMESPACE, f"{campaign_id}:{contact_id}")
@@ -110,8 +114,14 @@ class SchedulerCore:
         sender_ids = list(by_id)
         email = c["channel"] == "email"
         async with self.pool.acquire() as conn, conn.transaction():
+            # Share-lock the campaign: a pause or cancel (which lock it for update) waits for
+            # this fill to commit and then takes its messages back, or this fill sees it.
+            status = await conn.fetchval(
+                "SELECT status FROM campaigns WHERE id = $1 FOR SHARE", c["id"])
+            if status != "running":
+                return 0
             due = await store.claim_due(conn, c["id"], self.owner, min(room, self.claim_batch),
-                                        self.lease_s)
+                                        self.lease_s, _address_channel(c["channel"]))
             deferred: list[tuple[UUID, datetime]] = []
             skipped: list[tuple[UUID, str]] = []
             messages: list[dict[str, Any]] = []
@@ -119,6 +129,9 @@ class SchedulerCore:
                 to = r["email"] if email else r["phone"]
                 if not to:
                     skipped.append((r["contact_id"], "no_email" if email else "no_phone"))
+                    continue
+                if r["suppressed"]:  # opted out since launch
+                    skipped.append((r["contact_id"], "suppressed"))
                     continue
                 if c["channel"] != "email":
                     tz = contact_timezone(r["timezone"], r["phone"], c["sa_timezone"])

@@ -124,8 +124,9 @@ async def backlog(conn: Conn, campaign_id: UUID) -> int:
 
 
 async def claim_due(conn: asyncpg.Connection, campaign_id: UUID, owner: str, limit: int,
-                    lease_s: float) -> list[Row]:
-    """Lease due pending recipients with their contact's fields."""
+                    lease_s: float, suppression_channel: str) -> list[Row]:
+    """Lease due pending recipients with their contact's fields, and whether they have been
+    suppressed since launch."""
     rows = await conn.fetch(
         """WITH picked AS (
                SELECT contact_id FROM campaign_recipients
@@ -138,9 +139,13 @@ async def claim_due(conn: asyncpg.Connection, campaign_id: UUID, owner: str, lim
                FROM picked WHERE r.campaign_id = $1 AND r.contact_id = picked.contact_id
                RETURNING r.contact_id)
            SELECT c.id AS contact_id, c.phone, c.email, c.first_name, c.last_name, c.timezone,
-                  c.custom_fields, c.tags
+                  c.custom_fields, c.tags,
+                  EXISTS (SELECT 1 FROM suppressions s WHERE s.sub_account_id = c.sub_account_id
+                          AND s.removed_at IS NULL AND s.channel = $5
+                          AND s.address = CASE WHEN $5 = 'email' THEN c.email_key
+                                               ELSE c.phone END) AS suppressed
            FROM leased JOIN contacts c ON c.id = leased.contact_id""",
-        campaign_id, owner, limit, lease_s,
+        campaign_id, owner, limit, lease_s, suppression_channel,
     )
     return [dict(r) for r in rows]
 

@@ -76,9 +76,32 @@ async def renew(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> set[
     return {r["id"] for r in rows}
 
 
-async def begin_sending(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
+#: The suppression that stops a message, matched on the address its channel uses.
+SUPPRESSED = """EXISTS (SELECT 1 FROM suppressions s WHERE s.sub_account_id = m.sub_account_id
+    AND s.removed_at IS NULL
+    AND s.channel = CASE m.channel WHEN 'mms' THEN 'sms' ELSE m.channel END
+    AND s.address = CASE m.channel WHEN 'email' THEN lower(m.to_address) ELSE m.to_address END)"""
+
+
+async def begin_sending(pool: asyncpg.Pool, owner: str, ids: list[UUID],
+                        lease_s: float) -> list[Row]:
     """Move leased messages from queued to sending and return what to send. Only the rows
-    returned may be sent; the commit of this statement is the point of no return."""
+    returned may be sent; the commit is the point of no return. The last gate before it: a
+    recipient suppressed since the message was queued (a STOP a moment ago) is canceled
+    here, whatever path the message took."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            f"""UPDATE messages m SET status = 'canceled', error_code = 'suppressed',
+                   error_message = 'the recipient opted out before it was sent',
+                   lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE m.id = ANY($2::uuid[]) AND m.status = 'queued' AND m.lease_owner = $1
+                  AND {SUPPRESSED}""",
+            owner, ids)
+        return await _begin(conn, owner, ids, lease_s)
+
+
+async def _begin(conn: asyncpg.Connection, owner: str, ids: list[UUID],
+                 lease_s: float) -> list[Row]:
     rows = await conn.fetch(
         """UPDATE messages m SET status = 'sending', attempts = attempts + 1,
                   lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
