@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from hub.pagination import Cursor, keyset_clause
+from hub.store import sql
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
@@ -23,13 +24,8 @@ COLS = (
 
 
 async def insert(conn: Conn, sub_account_id: UUID, fields: Row) -> Row:
-    cols = ["sub_account_id", *fields]
-    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    row = await conn.fetchrow(
-        f"INSERT INTO campaigns ({', '.join(cols)}) VALUES ({params}) RETURNING {COLS}",
-        sub_account_id, *fields.values(),
-    )
-    return dict(row)
+    query, args = sql.insert("campaigns", {"sub_account_id": sub_account_id}, fields, COLS)
+    return dict(await conn.fetchrow(query, *args))
 
 
 async def get(conn: Conn, sub_account_id: UUID, id_: UUID, *, lock: bool = False) -> Row | None:

@@ -8,6 +8,7 @@ from uuid import UUID
 import asyncpg
 
 from hub.pagination import Cursor, keyset_clause
+from hub.store import sql
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
@@ -20,13 +21,9 @@ CONTACT_COLS = (
 
 async def insert(conn: Conn, sub_account_id: UUID, fields: Row) -> Row | None:
     """Insert; None when the phone or email already belongs to another contact."""
-    cols = ["sub_account_id", *fields]
-    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    row = await conn.fetchrow(
-        f"INSERT INTO contacts ({', '.join(cols)}) VALUES ({params}) "
-        f"ON CONFLICT DO NOTHING RETURNING {CONTACT_COLS}",
-        sub_account_id, *fields.values(),
-    )
+    query, args = sql.insert("contacts", {"sub_account_id": sub_account_id}, fields,
+                             CONTACT_COLS, "ON CONFLICT DO NOTHING")
+    row = await conn.fetchrow(query, *args)
     return dict(row) if row else None
 
 
@@ -53,12 +50,9 @@ async def update(conn: Conn, sub_account_id: UUID, id_: UUID, fields: Row) -> Ro
     """Update; raises asyncpg.UniqueViolationError when the phone/email is taken."""
     if not fields:
         return await get(conn, sub_account_id, id_)
-    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(fields, start=3))
-    row = await conn.fetchrow(
-        f"UPDATE contacts SET {sets}, updated_at = now() WHERE id = $1 AND sub_account_id = $2 "
-        f"RETURNING {CONTACT_COLS}",
-        id_, sub_account_id, *fields.values(),
-    )
+    query, args = sql.update("contacts", {"id": id_, "sub_account_id": sub_account_id}, fields,
+                             CONTACT_COLS)
+    row = await conn.fetchrow(query, *args)
     return dict(row) if row else None
 
 

@@ -8,6 +8,7 @@ from uuid import UUID
 import asyncpg
 
 from hub.pagination import Cursor, keyset_clause
+from hub.store import sql
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
@@ -87,14 +88,8 @@ async def revoke_api_key(conn: Conn, sub_account_id: UUID, key_id: UUID) -> Row 
 
 
 async def insert_sub_account(conn: Conn, agency_id: UUID, fields: Row) -> Row:
-    cols = ["agency_id", *fields]
-    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    row = await conn.fetchrow(
-        f"INSERT INTO sub_accounts ({', '.join(cols)}) VALUES ({params}) "
-        f"RETURNING {SUB_ACCOUNT_COLS}",
-        agency_id, *fields.values(),
-    )
-    return dict(row)
+    query, args = sql.insert("sub_accounts", {"agency_id": agency_id}, fields, SUB_ACCOUNT_COLS)
+    return dict(await conn.fetchrow(query, *args))
 
 
 async def get_sub_account(conn: Conn, sub_account_id: UUID) -> Row | None:
@@ -119,24 +114,15 @@ async def list_sub_accounts(conn: Conn, agency_id: UUID, only: UUID | None,
 async def update_sub_account(conn: Conn, sub_account_id: UUID, fields: Row) -> Row | None:
     if not fields:
         return await get_sub_account(conn, sub_account_id)
-    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(fields, start=2))
-    row = await conn.fetchrow(
-        f"UPDATE sub_accounts SET {sets}, updated_at = now() WHERE id = $1 "
-        f"RETURNING {SUB_ACCOUNT_COLS}",
-        sub_account_id, *fields.values(),
-    )
+    query, args = sql.update("sub_accounts", {"id": sub_account_id}, fields, SUB_ACCOUNT_COLS)
+    row = await conn.fetchrow(query, *args)
     return dict(row) if row else None
 
 
 async def insert_provider_account(conn: Conn, sub_account_id: UUID, fields: Row) -> Row:
-    cols = ["sub_account_id", *fields]
-    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    row = await conn.fetchrow(
-        f"INSERT INTO provider_accounts ({', '.join(cols)}) VALUES ({params}) "
-        f"RETURNING {PROVIDER_COLS}",
-        sub_account_id, *fields.values(),
-    )
-    return dict(row)
+    query, args = sql.insert("provider_accounts", {"sub_account_id": sub_account_id}, fields,
+                             PROVIDER_COLS)
+    return dict(await conn.fetchrow(query, *args))
 
 
 async def get_provider_account(conn: Conn, sub_account_id: UUID, id_: UUID) -> Row | None:
@@ -170,12 +156,9 @@ async def update_provider_account(conn: Conn, sub_account_id: UUID, id_: UUID,
                                   fields: Row) -> Row | None:
     if not fields:
         return await get_provider_account(conn, sub_account_id, id_)
-    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(fields, start=3))
-    row = await conn.fetchrow(
-        f"UPDATE provider_accounts SET {sets}, updated_at = now() "
-        f"WHERE id = $1 AND sub_account_id = $2 RETURNING {PROVIDER_COLS}",
-        id_, sub_account_id, *fields.values(),
-    )
+    query, args = sql.update("provider_accounts", {"id": id_, "sub_account_id": sub_account_id},
+                             fields, PROVIDER_COLS)
+    row = await conn.fetchrow(query, *args)
     return dict(row) if row else None
 
 
@@ -193,13 +176,9 @@ async def provider_in_use(conn: Conn, id_: UUID) -> bool:
 
 
 async def insert_sender(conn: Conn, sub_account_id: UUID, fields: Row) -> Row | None:
-    cols = ["sub_account_id", *fields]
-    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    row = await conn.fetchrow(
-        f"INSERT INTO senders ({', '.join(cols)}) VALUES ({params}) "
-        f"ON CONFLICT (sub_account_id, channel, address) DO NOTHING RETURNING {SENDER_COLS}",
-        sub_account_id, *fields.values(),
-    )
+    query, args = sql.insert("senders", {"sub_account_id": sub_account_id}, fields, SENDER_COLS,
+                             "ON CONFLICT (sub_account_id, channel, address) DO NOTHING")
+    row = await conn.fetchrow(query, *args)
     return dict(row) if row else None
 
 
