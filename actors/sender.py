@@ -35,6 +35,7 @@ from channels.base import (
     VoiceScript,
 )
 from hub import events
+from hub.compliance import unsubscribe_url
 from hub.crypto import SecretBox
 from hub.status import Status, rank
 from hub.store import sending as store
@@ -198,7 +199,7 @@ class SenderCore:
             from_=row["from_address"], body=row["body"] or "", subject=row["subject"],
             media_urls=tuple(row["media_urls"] or ()), status_callback_url=callback,
             voice=VoiceScript(**voice) if voice else None,
-            unsubscribe_url=(f"{self.config.public_url}/v1/unsubscribe/{row['id']}"
+            unsubscribe_url=(unsubscribe_url(self.config.public_url, str(row["id"]), self.box)
                              if channel == "email" and row["priority"] == "bulk" else None),
             custom_args={"message_id": str(row["id"])})
 

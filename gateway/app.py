@@ -24,6 +24,8 @@ from gateway.routes import (
     sending,
     suppressions,
     tenants,
+    unsubscribe,
+    webhooks,
 )
 from hub import imports
 from hub.context import Hub
@@ -105,7 +107,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> FastAPI
     )
     errors.install(app)
     for module in (tenants, providers, contacts, messaging, sending, campaigns, suppressions,
-                   events, ops, realtime):
+                   events, ops, realtime, webhooks, unsubscribe):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        import_limit=settings.max_import_bytes)

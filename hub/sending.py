@@ -109,9 +109,10 @@ async def _pick_sender(conn: Any, sa: Row, channel: str, sender_id: UUID | None,
 
 
 async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "transactional",
-                          conversation_id: UUID | None = None) -> Row:
+                          conversation_id: UUID | None = None, compliance: bool = False) -> Row:
     """Persist one outbound message as queued. `req` holds channel, to or contact_id, body,
-    subject, html, media_urls, voice, sender_id."""
+    subject, html, media_urls, voice, sender_id. `compliance` marks a carrier-required reply
+    (STOP confirmation, HELP answer): the only kind sent to a suppressed recipient."""
     channel = req["channel"]
     body = req.get("body") or ""
     media = list(req.get("media_urls") or [])
@@ -122,8 +123,8 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
         contact, address = await _resolve_contact(hub, conn, sa, channel,
                                                   req.get("contact_id"), req.get("to"))
         sup_address = email_key(address) if channel == "email" else address
-        if await suppression_store.is_suppressed(conn, sa["id"], SENDER_CHANNEL[channel],
-                                                 sup_address):
+        if not compliance and await suppression_store.is_suppressed(
+                conn, sa["id"], SENDER_CHANNEL[channel], sup_address):
             raise Conflict(
                 f"{'this address' if channel == 'email' else 'this number'} opted out or is "
                 "suppressed; nothing was sent. Remove the suppression only with the "
@@ -147,14 +148,14 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
             f"""INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
                     channel, priority, sender_id, provider_account_id, from_address,
                     to_address, subject, body, media_urls, voice, status, segments, encoding,
-                    slot, provider)
+                    slot, provider, compliance)
                 SELECT $1, $2, $3, 'outbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                       'queued', $14, $15, s.slot, p.provider
+                       'queued', $14, $15, s.slot, p.provider, $16
                 FROM sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $7
                 RETURNING {messaging.MESSAGE_COLS}, slot""",
             sa["id"], conversation["id"], contact["id"], channel, priority, sender["id"],
             sender["provider_account_id"], sender["address"], address, req.get("subject"),
-            body, media, req.get("voice"), segments, encoding)
+            body, media, req.get("voice"), segments, encoding, compliance)
         message = dict(row)
         await conn.execute(
             "INSERT INTO message_events (message_id, sub_account_id, status) "

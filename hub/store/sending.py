@@ -88,14 +88,14 @@ async def begin_sending(pool: asyncpg.Pool, owner: str, ids: list[UUID],
     """Move leased messages from queued to sending and return what to send. Only the rows
     returned may be sent; the commit is the point of no return. The last gate before it: a
     recipient suppressed since the message was queued (a STOP a moment ago) is canceled
-    here, whatever path the message took."""
+    here, whatever path the message took; only compliance replies pass."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             f"""UPDATE messages m SET status = 'canceled', error_code = 'suppressed',
                    error_message = 'the recipient opted out before it was sent',
                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                 WHERE m.id = ANY($2::uuid[]) AND m.status = 'queued' AND m.lease_owner = $1
-                  AND {SUPPRESSED}""",
+                  AND NOT m.compliance AND {SUPPRESSED}""",
             owner, ids)
         return await _begin(conn, owner, ids, lease_s)
 

@@ -1,0 +1,122 @@
+"""Provider webhooks: Twilio inbound SMS/MMS and message/call status callbacks, SendGrid's
+signed Event Webhook. No API key: the provider's signature is the authentication.
+
+Each request verifies the signature on the raw body, stores the event in the durable inbox
+(hub/inbox.py) and answers 2xx at once; a background job applies it. A sweeper started
+with the app applies whatever a crash or restart left pending and retries orphans.
+
+SendGrid: configure the Event Webhook URL as
+`{public_url}/v1/providers/sendgrid/events?account=<provider account id>` and store the
+webhook's verification key (base64 DER, as SendGrid shows it) in the provider account's
+`config.event_webhook_public_key`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+
+from channels.sendgrid import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from channels.twilio_sms import InvalidCallback
+from hub import inbox
+from hub.context import Hub
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+TWILIO_SIGNATURE = "X-Twilio-Signature"
+
+
+async def hand_off(app: FastAPI, messages: list[dict[str, Any]]) -> None:
+    """Give just-queued messages (compliance replies) to their sender shards; the shards
+    claim them from PostgreSQL anyway, so this only saves latency."""
+    actors = getattr(app.state, "actors", None)
+    if actors is None:
+        return
+    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for m in messages:
+        groups[(m["channel"], m["slot"])].append(str(m["id"]))
+    for (channel, slot), ids in groups.items():
+        await actors.submit(channel, slot, ids)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    hub: Hub = app.state.hub
+
+    async def hand_to_app(messages: list[dict[str, Any]]) -> None:
+        await hand_off(app, messages)
+
+    app.state.jobs.spawn(inbox.sweep(hub, hand_to_app))  # cancelled with the other jobs
+    yield
+
+
+router = APIRouter(prefix="/v1/providers", tags=["provider webhooks"], lifespan=_lifespan)
+
+
+def _apply_soon(request: Request, ids: list[int]) -> None:
+    if not ids:
+        return
+    app = request.app
+
+    async def hand_to_app(messages: list[dict[str, Any]]) -> None:
+        await hand_off(app, messages)
+
+    app.state.jobs.spawn(inbox.apply_many(app.state.hub, ids, hand_to_app))
+
+
+async def _twilio(request: Request, kind: str) -> None:
+    hub: Hub = request.app.state.hub
+    body = await request.body()
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the form body is not UTF-8") from None
+    # Twilio signs the URL it was configured with, so check against our public URL, never
+    # the Host header a proxy hands us; the query string is kept byte for byte.
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    url = hub.settings.base_url + request.url.path + (f"?{query}" if query else "")
+    try:
+        event_id = await inbox.receive_twilio(hub, kind, url, pairs,
+                                              request.headers.get(TWILIO_SIGNATURE))
+    except InvalidCallback as exc:
+        raise HTTPException(400, str(exc)) from None
+    _apply_soon(request, [event_id] if event_id is not None else [])
+
+
+@router.post("/twilio/sms/inbound", response_class=Response, status_code=200,
+             responses={200: {"content": {"text/xml": {}}}})
+async def twilio_sms_inbound(request: Request) -> Response:
+    """An incoming SMS/MMS (form post signed with X-Twilio-Signature). Answers empty TwiML:
+    compliance replies are sent through the API, not as TwiML."""
+    await _twilio(request, "sms_inbound")
+    return Response(EMPTY_TWIML, media_type="text/xml")
+
+
+@router.post("/twilio/sms/status", status_code=204, response_class=Response)
+async def twilio_sms_status(request: Request) -> Response:
+    """A message status callback (our `?message_id=` names the message)."""
+    await _twilio(request, "sms_status")
+    return Response(status_code=204)
+
+
+@router.post("/twilio/voice/status", status_code=204, response_class=Response)
+async def twilio_voice_status(request: Request) -> Response:
+    """A call progress callback."""
+    await _twilio(request, "voice_status")
+    return Response(status_code=204)
+
+
+@router.post("/sendgrid/events", status_code=204, response_class=Response)
+async def sendgrid_events(request: Request, account: str | None = None) -> Response:
+    """A SendGrid Event Webhook batch, ECDSA-signed; `account` is the provider account id
+    the webhook URL was configured with. Signatures older than 10 minutes are refused."""
+    hub: Hub = request.app.state.hub
+    ids = await inbox.receive_sendgrid(hub, account, await request.body(),
+                                       request.headers.get(SIGNATURE_HEADER),
+                                       request.headers.get(TIMESTAMP_HEADER))
+    _apply_soon(request, ids)
+    return Response(status_code=204)
