@@ -225,6 +225,26 @@ def _bad_personalizations(body: bytes | str) -> dict[int, str]:
     return bad
 
 
+def _requests(idx: list[int], messages: Sequence[OutboundMessage]) -> list[list[int]]:
+    """Split one group into mail/send requests: at most MAX_PERSONALIZATIONS each, and no
+    recipient twice in a request. The request's X-Message-Id is every recipient's provider
+    id, so (X-Message-Id, recipient) names exactly one message."""
+    chunks: list[list[int]] = []
+    seen: list[set[str]] = []
+    for i in idx:
+        address = messages[i].to.lower()
+        for chunk, addresses in zip(chunks, seen, strict=True):
+            if len(chunk) < MAX_PERSONALIZATIONS and address not in addresses:
+                break
+        else:
+            chunk, addresses = [], set()
+            chunks.append(chunk)
+            seen.append(addresses)
+        chunk.append(i)
+        addresses.add(address)
+    return chunks
+
+
 # ---------------------------------------------------------------- the adapter
 
 
@@ -266,11 +286,7 @@ class SendGridAdapter:
                 results[i] = _failed(m, SendError(ErrorKind.MESSAGE_INVALID, problem))
             else:
                 groups.setdefault(_group_key(m), []).append(i)
-        chunks = [
-            idx[j : j + MAX_PERSONALIZATIONS]
-            for idx in groups.values()
-            for j in range(0, len(idx), MAX_PERSONALIZATIONS)
-        ]
+        chunks = [c for idx in groups.values() for c in _requests(idx, messages)]
         gate = asyncio.Semaphore(self._max_concurrent)
 
         async def run(chunk: list[int]) -> None:

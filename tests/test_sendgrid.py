@@ -306,6 +306,21 @@ async def test_2500_messages_make_3_requests_each_recipient_once(
     assert first["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
+async def test_a_recipient_appears_once_per_request(sendgrid: FakeSendGrid,
+                                                   adapter: SendGridAdapter) -> None:
+    # Two messages to one address (any case) never share an X-Message-Id: the pair
+    # (provider id, recipient) names one message, as the unique index requires.
+    messages = [msg("d1", to="pat@example.org"), msg("d2"), msg("d3", to="Pat@Example.org"),
+                msg("d4", to="pat@example.org")]
+    before = len(sendgrid.requests)
+    results = await adapter.send_batch(creds(sendgrid.url("ok")), messages)
+    requests = sendgrid.requests[before:]
+    assert sorted(r.message_ids for r in requests) == [["d1", "d2"], ["d3"], ["d4"]]
+    pairs = {(r.provider_message_id, m.to.lower()) for r, m in zip(results, messages,
+                                                                    strict=True)}
+    assert len(pairs) == 4 and all(r.ok for r in results)
+
+
 async def test_messages_group_by_shared_content(sendgrid: FakeSendGrid,
                                                 adapter: SendGridAdapter) -> None:
     messages = [msg("g1"), msg("g2", subject="Other"), msg("g3"), msg("g4", subject="Other")]
