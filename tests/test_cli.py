@@ -35,7 +35,7 @@ def data_dir() -> Iterator[Path]:
 def _run(args: list[str], data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(HUB_DATA_DIR=str(data_dir), HUB_PORT=str(port), HUB_ENVIRONMENT="development")
-    return subprocess.run([HUB, *args], env=env, capture_output=True, text=True, timeout=240,
+    return subprocess.run([HUB, *args], env=env, capture_output=True, text=True, timeout=420,
                           stdin=subprocess.DEVNULL)
 
 
@@ -55,7 +55,8 @@ def test_demo_exit_seeds_serves_and_stops_its_servers(data_dir: Path) -> None:
             os.kill(redis_pid, 0)
     # A second run reuses the seeded agency (same key) from the same data folder: the data
     # survived the restart of both servers.
-    again = _run(["demo", "--exit"], data_dir, port)
+    # A fresh port: the first may be taken by now (Ray hands out ephemeral ports too).
+    again = _run(["demo", "--exit"], data_dir, _free_port())
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((data_dir / "demo.json").read_text())["agency_api_key"] == \
         info["agency_api_key"]
