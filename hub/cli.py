@@ -183,6 +183,91 @@ def bench_import_cmd(
     print(json.dumps(result))
 
 
+@bench.command("adapters")
+def bench_adapters_cmd(
+    messages: Annotated[int, typer.Option(help="messages per adapter and round")] = 5000,
+    concurrency: Annotated[int, typer.Option(help="connections to the carrier")] = 64,
+    rounds: Annotated[int, typer.Option(help="raw/Twilio rounds; the best of each is kept")] = 2,
+) -> None:
+    """Each channel adapter against the in-process sandbox carrier, beside raw aiohttp."""
+    from rich.table import Table
+
+    from channels.bench import bench_adapters
+
+    _settings()
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per command
+    with console.status(f"sending {messages:,} messages per adapter…"):
+        result = asyncio.run(bench_adapters(messages, concurrency, rounds))
+    raw = result["raw_aiohttp_req_per_s"]
+    table = Table(title=f"{messages:,} messages, {concurrency} connections, best of {rounds}")
+    for column in ("adapter", "msgs/s", "÷ raw aiohttp", "accepted"):
+        table.add_column(column, justify="left" if column == "adapter" else "right")
+    table.add_row("raw aiohttp (Twilio form POST)", f"{raw:,.0f}", "1.00", "")
+    table.add_row("Twilio SMS", f"{result['twilio_sms_msgs_per_s']:,.0f}",
+                  f"{result['twilio_sms_ratio']:.2f}", f"{result['twilio_sms_accepted']:,}")
+    for name in ("sendgrid", "smtp"):
+        row = result.get(name) or {}
+        if "skipped" in row:
+            table.add_row(name, "skipped", "", row["skipped"])
+        else:
+            table.add_row(name, f"{row['msgs_per_s']:,.0f}", f"{row['ratio_to_raw_twilio']:.2f}",
+                          f"{row['accepted']:,}")
+    console.print(table)
+    print(json.dumps(result))
+
+
+@bench.command("campaign")
+def bench_campaign_cmd(
+    recipients: Annotated[int, typer.Option(help="contacts in the audience")] = 100_000,
+    reply_latency: Annotated[bool, typer.Option(
+        "--reply-latency", help="also time agent replies sent during the bulk run")] = False,
+    replies: Annotated[int, typer.Option(help="agent replies with --reply-latency")] = 100,
+    reply_every: Annotated[float, typer.Option(help="seconds between agent replies")] = 0.2,
+    senders: Annotated[int, typer.Option(help="sender numbers in the pool")] = 10,
+    mps: Annotated[float, typer.Option(help="messages per second of each sender")] = 1000.0,
+) -> None:
+    """A bulk SMS campaign end to end, beside the raw HTTP ceiling to the same carrier.
+
+    REST launch, Ray shards, the carrier in its own process: send rate, completion time and
+    the hub's peak memory; with --reply-latency, agent-reply latency under that load."""
+    from hub.bench_campaign import BenchError, CampaignBench
+
+    settings = _settings()
+    plan = CampaignBench(recipients=recipients, senders=senders, mps=mps,
+                         replies=replies if reply_latency else 0, reply_every_s=reply_every)
+    try:
+        r = plan.run(settings, console)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    lines = [
+        f"[bold]{r['recipients']:,} recipients[/bold], {r['senders']} senders × "
+        f"{r['sender_mps']:,.0f} MPS, {r['concurrency']} connections to the carrier",
+        f"  carrier accepted {r['carrier_accepted']:,} of {r['expected_sends']:,}; hub counts "
+        f"sent {r['hub_sent']:,}; campaign {r['campaign_status']}",
+        f"  send rate {r['send_rate_per_s']:,.0f}/s (launch → last accepted "
+        f"{r['send_seconds']:.1f} s; launch request {r['launch_seconds']:.1f} s; first send "
+        f"after {r['first_send_seconds']} s); steady {r['steady_rate_per_s']:,.0f}/s",
+        f"  completion {r['completion_seconds']:.1f} s (launched_at → completed_at)",
+        f"  raw ceiling {r['raw_ceiling_req_per_s']:,.0f} req/s (runs "
+        f"{r['raw_runs_req_per_s']}); send rate / raw = {r['ratio_to_raw']:.2f}, "
+        f"steady / raw = {r['steady_ratio_to_raw']:.2f}",
+        f"  hub memory: idle {r['idle_rss_mb']:,} MB, peak {r['peak_rss_mb']:,} MB RSS over "
+        f"{r['hub_processes']} processes {r['peak_rss_by_group_mb']}, peak PSS "
+        f"{r['peak_pss_mb']:,} MB",
+    ]
+    if r.get("replies"):
+        lines.append(f"  agent replies: {r['replies_found']}/{r['replies']} found "
+                     f"({r['replies_during_bulk']} posted while the bulk ran); p50 "
+                     f"{r['reply_p50_ms']} ms, p95 {r['reply_p95_ms']} ms, p99 "
+                     f"{r['reply_p99_ms']} ms, max {r['reply_max_ms']} ms")
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    print(json.dumps(r))
+
+
 def write_demo_file(data_dir: Path, info: dict[str, str]) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "demo.json"
