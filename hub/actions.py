@@ -14,7 +14,7 @@ from hub.context import Hub
 from hub.crypto import new_api_key
 from hub.emails import email_key, normalize_email
 from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
-from hub.phones import normalize_phone
+from hub.phones import normalize_phone, normalize_short_code
 from hub.store import contacts as contact_store
 from hub.store import suppressions as suppression_store
 from hub.store import tenants
@@ -169,6 +169,8 @@ async def do_create_sender(hub: Hub, sub_account: Row, fields: Row) -> Row:
                                              "MG followed by 32 hex digits", "invalid_address")
         elif channel == "email":
             address = normalize_email(address, field="address")
+        elif kind == "short_code":
+            address = normalize_short_code(address, field="address")
         else:
             address = normalize_phone(address, sub_account["default_region"], field="address")
     except ValidationFailed as exc:

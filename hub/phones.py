@@ -97,6 +97,15 @@ def normalize_phone(
     return phonenumbers.format_number(number, _E164)
 
 
+def normalize_short_code(raw: str, *, field: str = "address") -> str:
+    """A short code as its digits (``"72345"``): not E.164, it has no country code. Carriers
+    issue 3 to 8 digits (5-6 in the US and Canada); Twilio sends from and to it as digits."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit() and 3 <= len(text) <= 8):
+        raise _invalid(field, "a short code is 3 to 8 digits, without a + or country code")
+    return text
+
+
 def _parse_e164(e164: str) -> phonenumbers.PhoneNumber | None:
     try:
         return phonenumbers.parse(e164, None)

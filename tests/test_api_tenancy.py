@@ -147,6 +147,16 @@ async def test_senders_normalise_and_default_throughput(
         "provider_account_id": pid, "channel": "sms", "kind": "toll_free",
         "address": "+18335550100"})
     assert_problem(dup, 409, "sender_exists")
+    short = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=h, json={
+        "provider_account_id": pid, "channel": "sms", "kind": "short_code",
+        "address": " 72345 "})
+    assert short.status_code == 201, short.text
+    assert short.json()["address"] == "72345" and short.json()["mps"] == 100.0
+    for bad in ("+72345", "7234567890", "12"):
+        r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=h, json={
+            "provider_account_id": pid, "channel": "sms", "kind": "short_code",
+            "address": bad})
+        assert_problem(r, 422, field="address")
     wrong = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=h, json={
         "provider_account_id": pid, "channel": "email", "kind": "email",
         "address": "news@example.com"})
