@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
-from actors.limiter import LimitKey, NestedLimiter, Reservation
+from actors.limiter import MIN_WAIT, LimitKey, NestedLimiter, Reservation
 
 Priority = Literal["reply", "transactional", "bulk"]
 PRIORITIES: tuple[Priority, ...] = ("reply", "transactional", "bulk")
@@ -105,9 +105,20 @@ class _Lane:
 
 
 class Lanes:
-    """Queued outbound messages of one Sender shard, and the rules for letting them out."""
+    """Queued outbound messages of one Sender shard, and the rules for letting them out.
 
-    def __init__(self) -> None:
+    ``ahead`` (seconds): `take_timed` also lets out messages whose tokens fall due within
+    that horizon, each with the time it may leave, so one call fills a batch with several
+    messages per sender number while every number's rate stays exact (see
+    `NestedLimiter.acquire`). With 0, everything taken may leave at once. The owner may
+    change it between calls.
+    """
+
+    def __init__(self, *, ahead: float = 0.0) -> None:
+        if not (ahead >= 0.0 and math.isfinite(ahead)):
+            raise ValueError(f"ahead must be a finite number >= 0, got {ahead!r}")
+        self.ahead = ahead
+        self._urgent = 0  # queued replies and transactional messages
         self._queued: dict[str, Outbound] = {}
         self._in_flight: dict[str, Outbound] = {}
         self._cancelled: set[str] = set()  # in flight when cancelled: a retry must drop them
@@ -136,6 +147,11 @@ class Lanes:
     def in_flight(self) -> Mapping[str, Outbound]:
         """Messages taken and neither completed nor retried yet."""
         return MappingProxyType(self._in_flight)
+
+    @property
+    def urgent(self) -> int:
+        """Queued replies and transactional messages (in-flight ones not included)."""
+        return self._urgent
 
     def depth(self) -> dict[str, dict[Priority, int]]:
         """Queued messages per sub-account and priority (in-flight ones not included)."""
@@ -174,20 +190,27 @@ class Lanes:
         return added
 
     def take(self, now: float, limiter: NestedLimiter, max_n: int) -> list[Outbound]:
-        """Up to ``max_n`` messages that may leave now; their tokens are taken, and they are
-        in flight until `complete` or `retry`."""
+        """Up to ``max_n`` messages whose tokens are taken (see `take_timed`), without their
+        departure times: for callers with ``ahead == 0``, where every one may leave now."""
+        return [item for item, _ in self.take_timed(now, limiter, max_n)]
+
+    def take_timed(self, now: float, limiter: NestedLimiter, max_n: int,
+                   ) -> list[tuple[Outbound, float]]:
+        """Up to ``max_n`` messages, each with the time it may leave (between ``now`` and
+        ``now + ahead``, in order for each lane); their tokens are taken, and they are in
+        flight until `complete` or `retry`."""
         self._fire_timers(now, limiter)
-        out: list[Outbound] = []
+        out: list[tuple[Outbound, float]] = []
         ring = self._ring
         while len(out) < max_n and ring:
             account = ring.popleft()
             account.in_ring = False
-            item = self._take_from(account, now, limiter)
+            taken = self._take_from(account, now, limiter)
             if account.n_ready and not account.in_ring:
                 ring.append(account)
                 account.in_ring = True
-            if item is not None:
-                out.append(item)
+            if taken is not None:
+                out.append(taken)
         return out
 
     def complete(self, message_ids: Iterable[str]) -> int:
@@ -227,6 +250,8 @@ class Lanes:
             lane.live -= 1
             lane.garbage += 1
             lane.account.counts[lane.rank] -= 1
+            if lane.rank < _BULK:
+                self._urgent -= 1
             removed.append(mid)
             if lane.live == 0:
                 self._drop(lane)
@@ -274,6 +299,8 @@ class Lanes:
             lane.items.append(item)
         lane.live += 1
         lane.account.counts[rank] += 1
+        if rank < _BULK:
+            self._urgent += 1
         self._queued[item.message_id] = item
         # A lane waiting for tokens stays put (its head is unchanged); one that was idle or
         # waiting for a delayed message may have something due now.
@@ -310,7 +337,7 @@ class Lanes:
     # --- taking ----------------------------------------------------------------------
 
     def _take_from(self, account: _Account, now: float, limiter: NestedLimiter,
-                   ) -> Outbound | None:
+                   ) -> tuple[Outbound, float] | None:
         for rank in range(3):
             ready = account.ready[rank]
             while ready:
@@ -318,9 +345,9 @@ class Lanes:
                 account.n_ready -= 1
                 if lane.state != _READY:
                     continue  # dropped while it sat in the ring
-                item = self._try_lane(lane, now, limiter)
-                if item is not None:
-                    return item
+                taken = self._try_lane(lane, now, limiter)
+                if taken is not None:
+                    return taken
             if ready is not None:
                 # Most accounts spend most of their time with every lane parked; an empty
                 # deque still holds a 600-byte block, so let it go.
@@ -330,7 +357,8 @@ class Lanes:
                 del self._accounts[account.id]
         return None
 
-    def _try_lane(self, lane: _Lane, now: float, limiter: NestedLimiter) -> Outbound | None:
+    def _try_lane(self, lane: _Lane, now: float, limiter: NestedLimiter,
+                  ) -> tuple[Outbound, float] | None:
         if lane.hold_cost:
             self._release(lane)
         item, delayed = self._head(lane, now)
@@ -351,13 +379,13 @@ class Lanes:
                 self._hold(lane, item.cost)
             return None
         reserved = self._reserved(lane, limiter, now) if self._holds else None
-        wait, key = limiter.acquire(item.path, now, item.cost, reserved)
-        if wait > 0.0:
-            assert key is not None
+        wait, key = limiter.acquire(item.path, now, item.cost, reserved, ahead=self.ahead)
+        if key is not None:
             if math.isinf(wait):
                 self._park_behind_holder(lane, key)
-            else:
-                self._park_on_key(lane, key, limiter.units(key, item.cost), now + wait)
+            else:  # back once its tokens fall within the horizon
+                self._park_on_key(lane, key, limiter.units(key, item.cost),
+                                  now + max(wait - self.ahead, MIN_WAIT))
             if lane.rank < _BULK:
                 self._hold(lane, item.cost)
             return None
@@ -368,13 +396,15 @@ class Lanes:
             lane.items.popleft()
         lane.live -= 1
         lane.account.counts[lane.rank] -= 1
+        if lane.rank < _BULK:
+            self._urgent -= 1
         del self._queued[item.message_id]
         self._in_flight[item.message_id] = item
         if lane.live:
             self._make_ready(lane)  # back of its rank's turn: siblings go first
         else:
             self._drop(lane)
-        return item
+        return item, now + wait
 
     def _queue_ahead(self, lane: _Lane, woken_by: LimitKey | None) -> LimitKey | None:
         """A key on the lane's path that lanes of the same or better priority already queue
@@ -478,8 +508,8 @@ class Lanes:
                 heapq.heappop(waiters)
                 continue
             wait = limiter.key_wait(key, lane.need, now, spent=spent)
-            if wait > 0.0:
-                self._arm(key, now + wait)
+            if wait > self.ahead:
+                self._arm(key, now + max(wait - self.ahead, MIN_WAIT))
                 return
             heapq.heappop(waiters)
             spent += lane.need

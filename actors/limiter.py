@@ -15,6 +15,8 @@ Fidelity: a bucket starts full and refills continuously, so in any window of ``T
 grants at most ``burst + rate * T`` units, and a caller that retries after the wait it was told
 loses no time. A message costlier than the burst (a 3-segment SMS on a burst-1 number) leaves
 when the bucket is full and puts the bucket into debt, which keeps the long-run rate exact.
+The same debt lets a caller take tokens a little ahead of time (``acquire(..., ahead=)``) as
+long as each message leaves when its token falls due.
 """
 
 from __future__ import annotations
@@ -156,8 +158,8 @@ class NestedLimiter:
         return self.acquire(path, now, n)[0]
 
     def acquire(self, path: Sequence[LimitKey], now: float, n: float = 1,
-                reserved: Mapping[LimitKey, Reservation] | None = None,
-                ) -> tuple[float, LimitKey | None]:
+                reserved: Mapping[LimitKey, Reservation] | None = None, *,
+                ahead: float = 0.0) -> tuple[float, LimitKey | None]:
         """`try_acquire` that also names the level that made it wait (the longest wait).
 
         ``reserved`` lets a scheduler protect a waiting higher-priority message: on a key
@@ -165,6 +167,12 @@ class NestedLimiter:
         still refills to ``need`` by ``deadline``. Waiting cannot fix that (refill and deadline
         advance together), so the refusal is ``math.inf``: retry once the reservation is gone.
         Keys in a path must be distinct.
+
+        ``ahead`` grants, now, tokens that fall due within that many seconds: the buckets go
+        into debt and the answer is ``(wait, None)`` with ``wait <= ahead``, the time the
+        caller must wait before the message leaves. Callers that start each message at its
+        time keep every level's rate exact while taking many tokens per call. A refusal is
+        ``(wait, key)`` with ``wait > ahead``.
         """
         worst = 0.0
         worst_key: LimitKey | None = None
@@ -182,20 +190,20 @@ class NestedLimiter:
                 bucket_wait = bucket.wait_time(units, now)
                 if bucket_wait > wait:
                     wait = bucket_wait
-                if wait == 0.0 and reserved:
+                if wait <= ahead and reserved:
                     held = reserved.get(key)
                     if held is not None and _breaks_reservation(bucket, units, held, now):
                         wait = math.inf
             if wait > worst:
                 worst, worst_key = wait, key
-        if worst > 0.0:
+        if worst > ahead:
             return worst, worst_key
         for key in path:
             limit = self._limits.get(key)
             if limit is not None:
                 # wait_time above refilled every bucket to `now`, so a plain debit is exact.
                 self._buckets[key].tokens -= 1.0 if limit.per_request else n
-        return 0.0, None
+        return worst, None
 
     def key_wait(self, key: LimitKey, units: float, now: float, *, spent: float = 0.0) -> float:
         """Seconds until ``key`` alone could grant ``units`` if ``spent`` were taken now."""

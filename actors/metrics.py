@@ -4,6 +4,8 @@ agent serves them to Prometheus); a silent stand-in when the state objects run w
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from channels.base import SendResult
@@ -36,8 +38,15 @@ class Metrics:
                               "shard actors found dead and restarted", ("role",))
 
     def outcome(self, channel: str, result: SendResult) -> None:
-        outcome = "accepted" if result.ok else result.error.kind.value  # type: ignore[union-attr]
-        self._messages.inc(1.0, {"channel": channel, "outcome": outcome})
+        self.outcomes([(channel, result)])
+
+    def outcomes(self, results: Iterable[tuple[str, SendResult]]) -> None:
+        """A batch's outcomes: one increment per (channel, outcome), not one per message."""
+        counts = Counter(
+            (channel, "accepted" if r.ok else r.error.kind.value)  # type: ignore[union-attr]
+            for channel, r in results)
+        for (channel, outcome), n in counts.items():
+            self._messages.inc(float(n), {"channel": channel, "outcome": outcome})
 
     def provider_latency(self, provider: str, seconds: float, n: int) -> None:
         self._latency.observe(seconds, {"provider": provider})

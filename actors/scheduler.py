@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
-from collections import Counter
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,8 @@ from hub.timezones import SendWindow, contact_timezone
 
 log = logging.getLogger(__name__)
 NAMESPACE = uuid.UUID("6f1c7a52-5b0e-4d5e-9a57-1c2f9e1d3b10")
+#: Recipients a campaign's counts may cover per second of the scheduler's time.
+COUNT_ROWS_PER_S = 100_000
 
 
 def _address_channel(channel: str) -> str:
@@ -46,10 +49,57 @@ def message_id_for(campaign_id: UUID, contact_id: UUID) -> UUID:
     return uuid.uuid5(NAMESPACE, f"{campaign_id}:{contact_id}")
 
 
+class Drain:
+    """How fast a campaign's queued messages leave (are sent, fail or are taken back), over
+    the last `span_s` seconds: what the senders achieve, whatever their nominal MPS."""
+
+    def __init__(self, span_s: float = 5.0) -> None:
+        self.span_s = span_s
+        self._created = 0  # messages this scheduler created for the campaign
+        self._base: int | None = None  # backlog when first seen (created before a restart)
+        self._samples: deque[tuple[float, int]] = deque()  # (time, drained so far)
+
+    def observe(self, now: float, backlog: int, created: int) -> None:
+        """The backlog just counted, and the messages created since the last call."""
+        if self._base is None:
+            self._base = backlog
+        self._created += created
+        self._samples.append((now, self._base + self._created - backlog))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.span_s:
+            self._samples.popleft()
+
+    def rate(self) -> float | None:
+        """Messages per second, or None until a second of history exists."""
+        if len(self._samples) < 2:
+            return None
+        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
+        return max(0.0, d1 - d0) / (t1 - t0) if t1 - t0 >= 1.0 else None
+
+
+def window_size(achieved: float | None, nominal: float, window_s: float,
+                min_window: int) -> int:
+    """Messages to keep queued ahead of the senders: `window_s` seconds at the rate they
+    achieve (twice that, so the window is never what holds them back), never below
+    `min_window`, and not above `window_s` at their nominal rate. The queue, and so each
+    message's wait in it and the work a pause undoes, stays a few seconds long. Until a rate
+    is known it starts at `min_window`."""
+    rate = 0.0 if achieved is None else min(nominal, 2.0 * achieved)
+    return max(min_window, int(rate * window_s))
+
+
+def record_counts(window: FailureWindow, ok: int, failed: int) -> None:
+    """Outcomes known only as counts since the last look: spread evenly, so the window's
+    tail holds the same share of failures as they came in."""
+    total = ok + failed
+    for i in range(max(0, total - window.size), total):
+        window.record((i + 1) * failed // total == i * failed // total)
+
+
 class SchedulerCore:
     def __init__(self, owner: str, slots: tuple[int, ...], pool: asyncpg.Pool,
-                 redis: aioredis.Redis, *, window_s: float = 10.0, min_window: int = 500,
-                 claim_batch: int = 500, lease_s: float = 60.0, progress_every_s: float = 1.0,
+                 redis: aioredis.Redis, *, window_s: float = 5.0, min_window: int = 2_000,
+                 claim_batch: int = 1_000, lease_s: float = 60.0,
+                 progress_every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.owner, self.slots = owner, slots
         self.pool, self.redis = pool, redis
@@ -59,11 +109,24 @@ class SchedulerCore:
         self.clock = clock
         self._last_progress: dict[UUID, float] = {}
         self._senders: dict[UUID, tuple[float, list[dict[str, Any]]]] = {}
+        self._drain: dict[UUID, Drain] = {}
+        self._created: dict[UUID, int] = {}  # created since the campaign's last backlog count
+        self._failures: dict[UUID, tuple[FailureWindow, int, int]] = {}  # window, ok, failed
+        # One pass at a time: a kick (launch, resume) racing the loop's own tick could read a
+        # backlog of 0 while the other pass fills, and complete a campaign still sending.
+        self._tick_lock = asyncio.Lock()
 
     async def tick(self) -> int:
         """One pass over the hosted campaigns; returns messages created."""
+        async with self._tick_lock:
+            return await self._tick()
+
+    async def _tick(self) -> int:
         created = 0
-        for campaign in await store.active_for_slots(self.pool, list(self.slots)):
+        campaigns = await store.active_for_slots(self.pool, list(self.slots))
+        for gone in set(self._drain) - {c["id"] for c in campaigns}:
+            self._forget(gone)  # paused, canceled or finished: a resume starts afresh
+        for campaign in campaigns:
             try:
                 created += await self._advance(campaign)
             except (asyncpg.PostgresError, OSError) as exc:
@@ -80,20 +143,46 @@ class SchedulerCore:
             c["status"] = "running"
         created = 0
         backlog = await store.backlog(self.pool, c["id"])
+        drain = self._drain.setdefault(c["id"], Drain())
+        drain.observe(self.clock(), backlog, self._created.pop(c["id"], 0))
         senders = await self._sender_pool(c)
-        rate = sum(s["mps"] for s in senders) if senders else 1.0
+        nominal = sum(s["mps"] for s in senders) if senders else 1.0
         if c["rate_cap"]:
-            rate = min(rate, c["rate_cap"])
-        window = max(self.min_window, int(rate * self.window_s))
+            nominal = min(nominal, c["rate_cap"])
+        window = window_size(drain.rate(), nominal, self.window_s, self.min_window)
         if backlog < window and senders:
             created = await self._fill(c, senders, window - backlog, now)
-        if await self._failure_tripped(c):
+            self._created[c["id"]] = created
+        counts = await self._counts_due(c)
+        if counts is not None and await self._failure_tripped(c, counts):
             return created
         if created == 0 and backlog == 0 and not await store.pending_left(self.pool, c["id"]):
             await self._set_status(c, transition(c["status"], "complete"),
                                    extra=", completed_at = now()")
-        await self._progress(c)
+            self._forget(c["id"])
+            counts = await store.counts(self.pool, c["id"])  # the final figures, once
+        if counts is not None:
+            await self._progress(c, counts)
         return created
+
+    async def _counts_due(self, c: dict[str, Any]) -> dict[str, int] | None:
+        """The campaign's counts, else None if they were taken too recently. Counting is a
+        pass over the campaign's rows, so past `COUNT_ROWS_PER_S` recipients it happens less
+        often than `progress_every_s` (every 10 s for a million): about constant work."""
+        last = self._last_progress.get(c["id"], -math.inf)
+        every = max(self.progress_every_s, c["recipients_total"] / COUNT_ROWS_PER_S)
+        if self.clock() - last < every:
+            return None
+        self._last_progress[c["id"]] = self.clock()
+        return await store.counts(self.pool, c["id"])
+
+    def _forget(self, campaign_id: UUID) -> None:
+        """Drop what this shard tracks for a campaign that stopped (or left its slots)."""
+        self._drain.pop(campaign_id, None)
+        self._created.pop(campaign_id, None)
+        self._failures.pop(campaign_id, None)
+        self._last_progress.pop(campaign_id, None)
+        self._senders.pop(campaign_id, None)
 
     async def _sender_pool(self, c: dict[str, Any]) -> list[dict[str, Any]]:
         cached = self._senders.get(c["id"])
@@ -155,21 +244,32 @@ class SchedulerCore:
                                        c["sub_account_id"])
             return await store.create_messages(conn, c, self.owner, messages, slot)
 
-    async def _failure_tripped(self, c: dict[str, Any]) -> bool:
-        recent = await store.recent_outcomes(self.pool, c["id"], 200)
-        window = FailureWindow(size=200, threshold=float(c["failure_threshold"]))
-        errors: Counter[str] = Counter()
-        for r in reversed(recent):
-            ok = r["status"] not in ("failed", "undelivered")
-            window.record(ok)
-            if not ok and r["error_code"]:
-                errors[r["error_code"]] += 1
+    async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int]) -> bool:
+        """Feed the outcomes since the last look into the campaign's failure window; pause
+        the campaign, naming its top error, once the window trips."""
+        ok = sum(counts.get(s, 0) for s in ("sent", "delivered", "read"))
+        failed = sum(counts.get(s, 0) for s in ("failed", "undelivered"))
+        seen = self._failures.get(c["id"])
+        if seen is None:  # first look (or after a restart): what came before is history
+            window = FailureWindow(size=200, threshold=float(c["failure_threshold"]))
+            self._failures[c["id"]] = (window, ok, failed)
+            if ok + failed > window.size:
+                return False
+            seen = (window, 0, 0)
+        window, ok_before, failed_before = seen
+        new_failed = max(0, failed - failed_before)
+        record_counts(window, max(0, (ok + failed) - (ok_before + failed_before) - new_failed),
+                      new_failed)
+        self._failures[c["id"]] = (window, ok, failed)
         if not window.tripped():
             return False
+        errors = {str(e["error_code"]): int(e["n"])
+                  for e in await store.top_errors(self.pool, c["id"])}
         reason = window.reason(errors)
         async with self.pool.acquire() as conn, conn.transaction():
             await store.unqueue(conn, c["id"])
         await self._set_status(c, transition(c["status"], "auto_pause"), paused_reason=reason)
+        self._forget(c["id"])
         log.warning("campaign paused automatically", extra={"campaign_id": str(c["id"]),
                                                              "reason": reason})
         return True
@@ -184,13 +284,8 @@ class SchedulerCore:
         await events.publish(self.redis, written)
         c["status"] = str(status)
 
-    async def _progress(self, c: dict[str, Any]) -> None:
-        """About one `campaign.progress` event a second per campaign, with the counts."""
-        last = self._last_progress.get(c["id"], 0.0)
-        if self.clock() - last < self.progress_every_s:
-            return
-        self._last_progress[c["id"]] = self.clock()
-        counts = await store.counts(self.pool, c["id"])
+    async def _progress(self, c: dict[str, Any], counts: dict[str, int]) -> None:
+        """A `campaign.progress` event with the counts (about one a second per campaign)."""
         async with self.pool.acquire() as conn, conn.transaction():
             written = await events.append(conn, [events.PendingEvent(
                 c["sub_account_id"], "campaign.progress",

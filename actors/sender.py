@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -50,12 +51,37 @@ class SenderConfig:
     slots: tuple[int, ...]  # sub-account slots this shard owns
     public_url: str  # where providers post callbacks
     lease_s: float = 60.0
-    claim_batch: int = 500
+    claim_batch: int = 1_000
     max_backlog: int = 5_000  # messages held in lanes at most (memory does not grow with N)
     send_batch: int = 200
-    max_batches_in_flight: int = 8
+    #: Messages taken from the lanes and not yet recorded: committed `sending`, waiting for
+    #: their departure time, at the provider, or being recorded. It bounds the queue in front
+    #: of the adapter's connection pool. Bulk never uses the last `urgent_reserve` of it, so
+    #: a reply or a transactional message does not wait for a bulk batch to finish.
+    max_in_flight: int = 512
+    urgent_reserve: int = 64
+    #: Provider requests bulk messages may have open at once. The adapters allow 64 (their
+    #: connection pool); the rest stay free, so a reply never queues behind bulk requests.
+    bulk_requests: int = 60
+    #: Tokens that fall due within this horizon are taken now and each message leaves at its
+    #: own time: full batches, and every sender's rate kept exactly (`Lanes.take_timed`). A
+    #: message is taken at least `ahead_s - pump_every_s` before it is due, which is the time
+    #: the `sending` commit has to finish in: a commit slower than that sends it late, and
+    #: late messages bunch up at the carrier.
+    ahead_s: float = 0.1
+    #: ...and it grows to twice the recent `sending` commit time (up to `max_ahead_s`) on a
+    #: busy database, so commits keep finishing before their messages are due.
+    max_ahead_s: float = 0.5
+    #: While the lanes wait for tokens, pump at most this often so that each pump fills a
+    #: batch (below `ahead_s`, so no token goes unused); new work still wakes the loop at once.
+    pump_every_s: float = 0.02
     claim_interval_s: float = 0.25
 
+
+#: How late a send may start and still keep its sender's schedule: the event loop's usual
+#: wake-up delay. It lets a sender catch up by at most this much of its rate (5 messages at
+#: 1,000 MPS, a fraction of one below 200), which the headroom below absorbs.
+PACE_SLACK_S = 0.005
 
 #: Share of a sender's MPS the hub aims at: network jitter bunches requests on their way to
 #: the carrier, and this headroom keeps the carrier's own one-second windows within the limit.
@@ -65,7 +91,9 @@ SENDER_HEADROOM = 0.98
 def sender_burst(mps: float) -> float:
     """Carriers meter a number as a steady queue, and requests bunch on their way there, so a
     sender gets no burst beyond one message: measured at the carrier, a burst of mps/5 gave
-    one-second windows of limit + burst + 3, a burst of one stays within the limit."""
+    one-second windows of limit + burst + 3, a burst of one stays within the limit. Batches
+    are filled by the horizon instead (`SenderConfig.ahead_s`): several of a number's
+    tokens are taken at once, and each message still leaves at the time its token is due."""
     return 1.0
 
 
@@ -79,11 +107,16 @@ class SenderCore:
         self.adapters = adapters  # by channel
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.lanes = Lanes()
+        self.lanes = Lanes(ahead=config.ahead_s)
         self.limiter = NestedLimiter()
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._batch_slots = asyncio.Semaphore(config.max_batches_in_flight)
+        self._in_flight_n = 0  # messages in the batches of `_in_flight`
+        self._starved = False  # the last pump stopped at `max_in_flight`
+        self._claim_full = False  # the last claim got all it asked for: more is waiting
+        self._next_free: dict[LimitKey, float] = {}  # per sender: when it may send again
+        self._bulk_requests = asyncio.Semaphore(config.bulk_requests)
+        self._commit_s = 0.0  # recent `sending` commit time
         self._creds: dict[UUID, tuple[float, ProviderCredentials]] = {}
         self.sent_total = 0
 
@@ -102,10 +135,19 @@ class SenderCore:
         room = self.config.max_backlog - len(self.lanes)
         if room <= 0:
             return 0
+        want = min(room, self.config.claim_batch)
         rows = await store.lease_queued(
             self.pool, self.config.owner, list(self.config.channels), list(self.config.slots),
-            min(room, self.config.claim_batch), self.config.lease_s)
+            want, self.config.lease_s)
+        self._claim_full = len(rows) == want
         return self._enqueue(rows)
+
+    async def release_stale(self, *, own: bool) -> int:
+        """Hand back expired leases of our slots, and with `own` (at start-up) what a previous
+        incarnation of this shard held, so that claims take them in priority order again."""
+        return await store.release_stale(self.pool, self.config.owner,
+                                         list(self.config.channels), list(self.config.slots),
+                                         own=own)
 
     def _path(self, row: Mapping[str, Any]) -> tuple[LimitKey, ...]:
         now = self.clock()
@@ -152,27 +194,27 @@ class SenderCore:
     # --- sending -----------------------------------------------------------------------
 
     async def pump(self) -> int:
-        """Start sending everything the limiter lets go now; returns messages started."""
+        """Start every message the limiter lets go within the horizon, in batches, up to
+        `max_in_flight`; returns messages started."""
         started = 0
+        config = self.config
         while True:
-            if self._batch_slots.locked():
+            room = config.max_in_flight - self._in_flight_n
+            if not self.lanes.urgent:
+                room -= config.urgent_reserve
+            if room <= 0:
+                self._starved = True
                 break
-            batch = self.lanes.take(self.clock(), self.limiter, self.config.send_batch)
+            batch = self.lanes.take_timed(self.clock(), self.limiter,
+                                          min(config.send_batch, room))
             if not batch:
                 break
             started += len(batch)
-            await self._batch_slots.acquire()
+            self._in_flight_n += len(batch)
             task = asyncio.create_task(self._send(batch))
             self._in_flight.add(task)
-            task.add_done_callback(self._batch_done)
+            task.add_done_callback(self._in_flight.discard)
         return started
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._batch_slots.release()
-        self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("send batch failed", exc_info=task.exception())
 
     async def _credentials(self, row: Mapping[str, Any]) -> ProviderCredentials:
         pa_id: UUID = row["provider_account_id"]
@@ -203,10 +245,35 @@ class SenderCore:
                              if channel == "email" and row["priority"] == "bulk" else None),
             custom_args={"message_id": str(row["id"])})
 
-    async def _send(self, batch: list[Outbound]) -> None:
-        by_id = {item.message_id: item for item in batch}
-        rows = await store.begin_sending(self.pool, self.config.owner,
-                                         [UUID(i) for i in by_id], self.config.lease_s)
+    async def _send(self, batch: list[tuple[Outbound, float]]) -> None:
+        try:
+            await self._send_batch(batch)
+        except Exception:
+            log.error("send batch failed", exc_info=True, extra={"owner": self.config.owner})
+            # Whatever was committed `sending` is the reconciler's now; the lanes let go.
+            self.lanes.complete([item.message_id for item, _ in batch])
+        finally:
+            self._in_flight_n -= len(batch)
+            if self._starved:
+                self._starved = False
+                self._wake.set()
+
+    async def _send_batch(self, batch: list[tuple[Outbound, float]]) -> None:
+        by_id = {item.message_id: item for item, _ in batch}
+        departs = {item.message_id: at for item, at in batch}
+        try:
+            started = self.clock()
+            rows = await store.begin_sending(self.pool, self.config.owner,
+                                             [UUID(i) for i in by_id], self.config.lease_s)
+            self._commit_took(self.clock() - started)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Nothing was committed: still queued and leased by us, so try again shortly.
+            log.warning("begin_sending failed; retrying the batch", extra={
+                "owner": self.config.owner, "error": f"{type(exc).__name__}: {exc}"})
+            now = self.clock()
+            for item in by_id.values():
+                self.lanes.retry(item, 1.0, now)
+            return
         gone = set(by_id) - {str(r["id"]) for r in rows}
         if gone:  # canceled, paused or taken over since it was queued: never sent
             self.lanes.complete(gone)
@@ -214,18 +281,86 @@ class SenderCore:
         for r in rows:
             groups[(r["provider_account_id"], r["channel"])].append(r)
         results: list[tuple[Mapping[str, Any], SendResult]] = []
-
-        async def send_group(key: tuple[UUID, str], group: list[Mapping[str, Any]]) -> None:
-            adapter = self.adapters[key[1]]
-            creds = await self._credentials(group[0])
-            started = time.perf_counter()
-            out = await adapter.send_batch(creds, [self._outbound(r) for r in group])
-            self.metrics.provider_latency(group[0]["provider"], time.perf_counter() - started,
-                                          len(group))
-            results.extend(zip(group, out, strict=True))
-
-        await asyncio.gather(*(send_group(k, g) for k, g in groups.items()))
+        await asyncio.gather(*(self._send_group(k[1], g, by_id, departs, results)
+                               for k, g in groups.items()))
         await self._record(by_id, results)
+
+    def _commit_took(self, seconds: float) -> None:
+        """Size the horizon on how long `sending` commits take (a slow average, quick to
+        grow): a message whose commit ends after its departure time leaves late, and the
+        time is lost (see `_send_group`)."""
+        weight = 0.5 if seconds > self._commit_s else 0.05
+        self._commit_s += weight * (seconds - self._commit_s)
+        config = self.config
+        self.lanes.ahead = min(config.max_ahead_s, max(config.ahead_s, 2.0 * self._commit_s))
+
+    def _pace(self, item: Outbound) -> tuple[LimitKey | None, float]:
+        """The sender key a message is paced on, and the gap it needs after the previous
+        message of that sender: its cost over the sender's rate."""
+        key = item.path[-1] if item.path and item.path[-1][0] == "sender" else None
+        limit = self.limiter.limit(key) if key is not None else None
+        if key is None or limit is None:
+            return None, 0.0
+        return key, self.limiter.units(key, item.cost) / limit.rate
+
+    async def _send_group(self, channel: str, group: list[Mapping[str, Any]],
+                          items: Mapping[str, Outbound], departs: Mapping[str, float],
+                          results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
+        """Send one provider account's messages, each at its departure time: replies and
+        transactional ones due together in one adapter call, bulk ones through the
+        `bulk_requests` bound (an SMS or a call per request; emails due together in one,
+        since SendGrid takes many recipients a request). A message also waits until its
+        sender's previous message left a token's worth of time ago, so a batch that starts
+        late (a slow `sending` commit, a busy event loop) goes out spread at the sender's
+        rate instead of all at once: lateness costs time, never a burst at the carrier."""
+        adapter = self.adapters[channel]
+        creds = await self._credentials(group[0])
+        waves: list[asyncio.Task[None]] = []
+
+        async def send(rows: list[Mapping[str, Any]]) -> None:
+            started = time.perf_counter()
+            out = await adapter.send_batch(creds, [self._outbound(r) for r in rows])
+            self.metrics.provider_latency(rows[0]["provider"], time.perf_counter() - started,
+                                          len(rows))
+            results.extend(zip(rows, out, strict=True))
+
+        async def send_bulk(rows: list[Mapping[str, Any]]) -> None:
+            async with self._bulk_requests:
+                await send(rows)
+
+        def start(rows: list[Mapping[str, Any]]) -> None:
+            urgent = [r for r in rows if r["priority"] != "bulk"]
+            if urgent:  # straight to the adapter, past any bulk waiting for a connection
+                waves.append(asyncio.create_task(send(urgent)))
+            bulk = [r for r in rows if r["priority"] == "bulk"]
+            if channel == "email":  # one request carries many: the wave is one request
+                waves.append(asyncio.create_task(send_bulk(bulk)))
+            else:  # Twilio: a request per message
+                waves.extend(asyncio.create_task(send_bulk([r])) for r in bulk)
+
+        due = [(departs[str(r["id"])], i, r) for i, r in enumerate(group)]
+        heapq.heapify(due)
+        next_free = self._next_free
+        while due:
+            now = self.clock()
+            ready: list[Mapping[str, Any]] = []
+            while due and due[0][0] <= now:
+                _, i, row = heapq.heappop(due)
+                key, gap = self._pace(items[str(row["id"])])
+                if key is not None:
+                    free = next_free.get(key, now)
+                    if free > now:  # its sender sent too recently: later, not bunched
+                        heapq.heappush(due, (free, i, row))
+                        continue
+                    # On schedule despite a wake-up a little late; later than that, the
+                    # schedule moves (the time is lost, as a full bucket loses it).
+                    next_free[key] = max(free, now - PACE_SLACK_S) + gap
+                ready.append(row)
+            if ready:
+                start(ready)
+            if due:
+                await asyncio.sleep(max(0.0, due[0][0] - self.clock()))
+        await asyncio.gather(*waves)
 
     async def _record(self, by_id: Mapping[str, Outbound],
                       results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
@@ -275,8 +410,7 @@ class SenderCore:
         for item, delay in retries:
             self.lanes.retry(item, delay, now)
         self.sent_total += len(accepted)
-        for row, res in results:
-            self.metrics.outcome(row["channel"], res)
+        self.metrics.outcomes([(row["channel"], res) for row, res in results])
 
     # --- housekeeping ------------------------------------------------------------------
 
@@ -291,27 +425,36 @@ class SenderCore:
 
     async def run(self, stop: asyncio.Event) -> None:
         """The shard's loop: claim, send, renew, until `stop` is set."""
+        config = self.config
         last_claim = last_renew = 0.0
+        started = False
         while not stop.is_set():
+            self._wake.clear()  # anything that arrives from here on wakes the wait below
             now = self.clock()
             try:
-                if now - last_claim >= self.config.claim_interval_s:
+                if not started:  # what a previous incarnation held goes back in the queue
+                    await self.release_stale(own=True)
+                    started = True
+                if now - last_claim >= config.claim_interval_s or (
+                        self._claim_full and len(self.lanes) < config.claim_batch):
                     last_claim = now
                     await self.claim()
-                if now - last_renew >= self.config.lease_s / 3:
+                if now - last_renew >= config.lease_s / 3:
                     last_renew = now
                     await self.renew_leases()
+                    await self.release_stale(own=False)
+                    for key in [k for k, t in self._next_free.items() if t <= now]:
+                        del self._next_free[key]  # in place: sends in flight share it
                 await self.pump()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("sender shard loop error; retrying", extra={
-                    "owner": self.config.owner, "error": f"{type(exc).__name__}: {exc}"})
+                    "owner": config.owner, "error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(1.0)
-            self.metrics.lane_depth(self.config.owner, len(self.lanes))
-            wake = self.lanes.next_wakeup(self.clock())
-            timeout = self.config.claim_interval_s
-            if wake is not None:
-                timeout = min(timeout, max(0.0, wake - self.clock()))
-            self._wake.clear()
+            self.metrics.lane_depth(config.owner, len(self.lanes))
+            timeout = config.claim_interval_s
+            wake = None if self._starved else self.lanes.next_wakeup(self.clock())
+            if wake is not None:  # lanes waiting for tokens: not more often than pump_every_s
+                timeout = min(timeout, max(wake - self.clock(), config.pump_every_s))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
         await self.drain()
@@ -327,7 +470,9 @@ class SenderCore:
 
     def stats(self) -> dict[str, Any]:
         return {"owner": self.config.owner, "queued": len(self.lanes),
-                "in_flight_batches": len(self._in_flight), "sent_total": self.sent_total,
+                "in_flight_batches": len(self._in_flight), "in_flight": self._in_flight_n,
+                "ahead_s": round(self.lanes.ahead, 3),
+                "sent_total": self.sent_total,
                 "buckets": self.limiter.bucket_count}
 
 

@@ -321,10 +321,12 @@ def test_outbound_items_are_small() -> None:
         Lanes().push([Outbound("x", "sa", "urgent", path("sa", "n1"))], 0.0)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_traffic_never_stalls_duplicates_sends_early_or_breaks_limits(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "ahead"), [(s, a) for s in range(6) for a in (0.0, 0.25)])
+def test_random_traffic_never_stalls_duplicates_sends_early_or_breaks_limits(
+        seed: int, ahead: float) -> None:
+    # With `ahead`, messages are taken up to that long before they leave, at their own time.
     rng = random.Random(seed)
-    lim, lanes = NestedLimiter(), Lanes()
+    lim, lanes = NestedLimiter(), Lanes(ahead=ahead)
     lim.configure(PROVIDER, rate=20, burst=5, per_request=True)
     numbers = {f"sa{i}": [f"sa{i}-n{j}" for j in range(3)] for i in range(4)}
     for sa, nums in numbers.items():
@@ -357,13 +359,13 @@ def test_random_traffic_never_stalls_duplicates_sends_early_or_breaks_limits(see
             seconds = rng.uniform(0.5, 10)
             lim.penalize(("sender", number), seconds, now)
             penalties.append((number, now, now + seconds))
-        batch = lanes.take(now, lim, rng.randint(1, 40))
-        for item in batch:
-            assert item.not_before <= now
+        batch = lanes.take_timed(now, lim, rng.randint(1, 40))
+        for item, at in batch:
+            assert item.not_before <= now <= at <= now + ahead
             if rng.random() < 0.05:
                 assert lanes.retry(item, rng.uniform(0, 3), now)
             else:
-                sent.append((now, item))
+                sent.append((at, item))
                 lanes.complete([item.message_id])
         wake = lanes.next_wakeup(now)
         assert wake is None or wake > now or batch, "the actor would spin"
@@ -383,8 +385,10 @@ def test_random_traffic_never_stalls_duplicates_sends_early_or_breaks_limits(see
     assert lanes.next_wakeup(now) is None
 
     for number, start, end in penalties:  # a throttled number stayed quiet
-        # (a send at the very instant of the 429 was the one throttled: it went just before)
-        assert not [t for t, item in sent if item.path[-1][1] == number and start < t < end]
+        # (a send at the very instant of the 429 was the one throttled: it went just before;
+        # and what was already taken, up to `ahead` before it leaves, still goes)
+        assert not [t for t, item in sent
+                    if item.path[-1][1] == number and start + ahead < t < end]
     for key in {k for _, item in sent for k in item.path}:
         limit = lim.limit(key)
         assert limit is not None
@@ -392,6 +396,68 @@ def test_random_traffic_never_stalls_duplicates_sends_early_or_breaks_limits(see
         times = [t for t, _ in charged]
         for i, (t, _) in enumerate(charged):
             j = bisect.bisect_right(times, t + 1.0 + 1e-9)
-            # One message may go into debt when it costs more than the burst.
-            allowed = limit.rate + max(limit.burst, 3 if not limit.per_request else 1)
+            # One message may go into debt when it costs more than the burst. A level that
+            # did not set a message's departure may see it leave up to `ahead` after its grant.
+            allowed = limit.rate * (1.0 + ahead) + max(limit.burst,
+                                                       3 if not limit.per_request else 1)
             assert sum(u for _, u in charged[i:j]) <= allowed + 1e-6
+
+
+def paced(lanes: Lanes, lim: NestedLimiter, until: float, every: float = 0.01,
+          max_n: int = 200, now: float = 0.0) -> tuple[list[tuple[float, Outbound]], list[int]]:
+    """The Sender shard's loop with a horizon: take what falls due within it, start each
+    message at its departure time, pump again after `every` (or when `next_wakeup` says)."""
+    sent: list[tuple[float, Outbound]] = []
+    batches: list[int] = []
+    while now <= until:
+        batch = lanes.take_timed(now, lim, max_n)
+        if batch:
+            batches.append(len(batch))
+        sent += [(at, item) for item, at in batch]
+        lanes.complete(item.message_id for item, _ in batch)
+        wake = lanes.next_wakeup(now)
+        if wake is None:
+            break
+        now = max(wake, now + every)
+    return sorted(sent, key=lambda s: s[0]), batches
+
+
+def test_a_horizon_fills_batches_while_each_number_keeps_its_exact_rate() -> None:
+    rate = 1000 * 0.98
+    lim = NestedLimiter()
+    numbers = [f"n{i}" for i in range(10)]
+    for n in numbers:
+        lim.configure(("sender", n), rate=rate, burst=1)
+    lanes = Lanes(ahead=0.02)
+    for n in numbers:
+        lanes.push(msgs("sa", n, 5_000), now=0.0)
+    sent, batches = paced(lanes, lim, until=3.0)
+
+    # Without a horizon each take got one message per number; with it, about 10 ms worth.
+    assert sum(batches) / len(batches) >= 0.9 * 10 * rate * 0.01
+    for n in numbers:
+        times = [t for t, item in sent if item.path[-1] == ("sender", n)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 1 / rate - 1e-9  # paced at the number's rate, never bunched
+        windows = [bisect.bisect_right(times, t + 1.0) - i for i, t in enumerate(times)]
+        assert max(windows) <= rate + 1  # no one-second window above limit + burst
+        assert len(times) >= 0.99 * rate * 3  # and the rate is used
+
+
+def test_a_reply_overtakes_bulk_by_at_most_the_horizon() -> None:
+    lim = limiter(n1=100.0)
+    lanes = Lanes(ahead=0.02)
+    lanes.push(msgs("sa", "n1", 10_000), now=0.0)
+    sent, _ = paced(lanes, lim, until=0.5)
+    now = 0.5
+    reply = msgs("sa", "n1", 1, "reply")
+    lanes.push(reply, now)
+    later, _ = paced(lanes, lim, until=1.0, now=now)
+    when = next(t for t, item in later if item == reply[0])
+    # The bulk already taken (20 ms of the number's tokens) goes first; the reply is next.
+    assert when - now <= 0.02 + 2 / 100 + 1e-9
+    assert [t for t, item in later if t > when] and \
+        all(item != reply[0] for t, item in later if t < when)
+    times = sorted(t for t, _ in sent + later)
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.05  # no stall
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 1 / 100 - 1e-9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 import random
 
@@ -231,3 +232,37 @@ def test_reservation_keeps_tokens_a_waiting_reply_will_need() -> None:
     assert lim.available(SA, 0.0) == 1.0  # refused without taking anything
     # A reply due later leaves room: the bucket refills by then.
     assert lim.acquire((SA, S2), 0.0, 1, reserved={SA: (1.0, 0.5)}) == (0.0, None)
+
+
+def test_ahead_grants_tokens_falling_due_soon_each_with_its_departure_time() -> None:
+    lim = NestedLimiter()
+    lim.configure(S1, rate=1000, burst=1)  # one token a millisecond
+    grants = []
+    while True:
+        wait, key = lim.acquire((SA, S1), 0.0, ahead=0.02)
+        if key is not None:
+            break
+        grants.append(wait)
+    # 20 ms of tokens in one go (and the first one banked), each due 1 ms after the last.
+    assert len(grants) == 21
+    assert grants == pytest.approx([i / 1000 for i in range(21)])
+    assert key == S1 and wait > 0.02
+    # The bucket is in debt: nothing more until its tokens fall within the horizon again.
+    assert lim.acquire((SA, S1), 0.001, ahead=0.02)[1] is None
+    assert lim.acquire((SA, S1), 0.001, ahead=0.02)[1] == S1
+
+
+def test_ahead_departure_is_the_latest_level_and_rates_stay_exact() -> None:
+    lim = NestedLimiter()
+    lim.configure(SA, rate=50, burst=1)
+    lim.configure(S1, rate=200, burst=1)
+    departures: list[float] = []
+    now = 0.0
+    while now < 10.0:  # a caller that asks every 10 ms for what falls due within 20 ms
+        while (grant := lim.acquire((SA, S1), now, ahead=0.02))[1] is None:
+            departures.append(now + grant[0])
+        now += 0.01
+    gaps = [b - a for a, b in itertools.pairwise(departures)]
+    assert min(gaps) == pytest.approx(1 / 50)  # the sub-account's pace, never faster
+    assert _max_in_window(departures) <= 50 + 1
+    assert len(departures) >= 0.99 * 50 * 10  # and none of its tokens went unused

@@ -167,3 +167,41 @@ async def test_actor_metrics_reach_prometheus_through_ray(
                 "ray_hub_provider_latency_seconds" in body
 
         await wait_for(exported, timeout=60, every=1.0)
+
+
+async def test_claims_take_priority_order_skip_own_leases_and_get_expired_ones_back(
+    hub: Hub, tenant: Tenant
+) -> None:
+    from hub.store import sending as store
+
+    slot = 9_999  # no shard owns it: only this test claims these messages
+    # Oldest first within a priority; bulk created long before the reply still goes after.
+    ids = await hub.pool.fetch(
+        """INSERT INTO messages (sub_account_id, direction, channel, priority, from_address,
+                                 to_address, status, slot, created_at)
+           SELECT $1, 'outbound', 'sms', p, '+12125550100', '+1415555' || (1000 + i)::text,
+                  'queued', $2, now() - make_interval(secs => 100 - i)
+           FROM unnest(ARRAY['bulk', 'bulk', 'bulk', 'transactional', 'reply',
+                             'transactional']) WITH ORDINALITY AS u(p, i)
+           RETURNING id, priority""", tenant.sa1, slot)
+    by_priority = {p: [r["id"] for r in ids if r["priority"] == p]
+                   for p in ("reply", "transactional", "bulk")}
+
+    first = await store.lease_queued(hub.pool, "shard-a", ["sms"], [slot], 4, 60)
+    assert {r["id"] for r in first} == {*by_priority["reply"], *by_priority["transactional"],
+                                        by_priority["bulk"][0]}
+    # The next claim does not hand shard-a what it already holds.
+    second = await store.lease_queued(hub.pool, "shard-a", ["sms"], [slot], 10, 60)
+    assert {r["id"] for r in second} == set(by_priority["bulk"][1:])
+    assert await store.lease_queued(hub.pool, "shard-a", ["sms"], [slot], 10, 60) == []
+
+    # A lease that expired (its shard died) goes back to whoever owns the slot now.
+    await hub.pool.execute("UPDATE messages SET lease_expires_at = now() - interval '1 s' "
+                           "WHERE id = $1", by_priority["reply"][0])
+    assert await store.release_stale(hub.pool, "shard-b", ["sms"], [slot], own=False) == 1
+    taken = await store.lease_queued(hub.pool, "shard-b", ["sms"], [slot], 10, 60)
+    assert [r["id"] for r in taken] == by_priority["reply"]
+    # A restarted shard-a hands back what its previous incarnation held, and claims it anew.
+    assert await store.release_stale(hub.pool, "shard-a", ["sms"], [slot], own=True) == 5
+    again = await store.lease_queued(hub.pool, "shard-a", ["sms"], [slot], 10, 60)
+    assert len(again) == 5 and by_priority["reply"][0] not in {r["id"] for r in again}

@@ -66,32 +66,55 @@ def _address_sql(channel: str) -> tuple[str, str]:
     return "c.phone", "voice" if channel == "voice" else "sms"
 
 
+#: Audience contacts materialised per statement: each stays far below the pool's command
+#: timeout however large the audience (a million contacts in one INSERT took over 60 s on a
+#: busy machine).
+MATERIALISE_CHUNK = 50_000
+
+
 async def materialise(conn: asyncpg.Connection, campaign: Row, audience_where: str,
                       audience_args: list[Any], due_at: datetime) -> tuple[int, int]:
     """Insert one recipient row per audience contact (unique per campaign and contact);
     contacts without an address for the channel, or suppressed, are recorded as skipped
-    with the reason. Returns (total, skipped)."""
+    with the reason. In contact-id order, `MATERIALISE_CHUNK` contacts a statement, inside
+    the caller's transaction. Returns (total, skipped)."""
     address, sup_channel = _address_sql(campaign["channel"])
     n = len(audience_args)
-    status = await conn.execute(
-        f"""INSERT INTO campaign_recipients
-                (campaign_id, contact_id, sub_account_id, status, skip_reason, due_at)
-            SELECT ${n + 1}, c.id, c.sub_account_id,
-                   CASE WHEN {address} IS NULL OR sup.id IS NOT NULL THEN 'skipped'
-                        ELSE 'pending' END,
-                   CASE WHEN {address} IS NULL THEN 'no_{'email' if sup_channel == 'email'
-                                                          else 'phone'}'
-                        WHEN sup.id IS NOT NULL THEN 'suppressed' END,
-                   ${n + 3}
-            FROM contacts c
-            LEFT JOIN suppressions sup ON sup.sub_account_id = c.sub_account_id
-                 AND sup.channel = ${n + 4} AND sup.address = {address}
-                 AND sup.removed_at IS NULL
-            WHERE c.sub_account_id = ${n + 2} AND ({audience_where})
-            ON CONFLICT DO NOTHING""",
-        *audience_args, campaign["id"], campaign["sub_account_id"], due_at, sup_channel,
-    )
-    total = int(status.split()[-1])
+    total = 0
+    last: UUID | None = None
+    while True:
+        row = await conn.fetchrow(
+            f"""WITH batch AS (
+                    SELECT c.id, c.sub_account_id, {address} AS address
+                    FROM contacts c
+                    WHERE c.sub_account_id = ${n + 2} AND ({audience_where})
+                      AND (${n + 5}::uuid IS NULL OR c.id > ${n + 5})
+                    ORDER BY c.id LIMIT ${n + 6}),
+                ins AS (
+                    INSERT INTO campaign_recipients
+                        (campaign_id, contact_id, sub_account_id, status, skip_reason, due_at)
+                    SELECT ${n + 1}, b.id, b.sub_account_id,
+                           CASE WHEN b.address IS NULL OR sup.id IS NOT NULL THEN 'skipped'
+                                ELSE 'pending' END,
+                           CASE WHEN b.address IS NULL THEN 'no_{'email' if sup_channel == 'email'
+                                                                 else 'phone'}'
+                                WHEN sup.id IS NOT NULL THEN 'suppressed' END,
+                           ${n + 3}
+                    FROM batch b
+                    LEFT JOIN suppressions sup ON sup.sub_account_id = b.sub_account_id
+                         AND sup.channel = ${n + 4} AND sup.address = b.address
+                         AND sup.removed_at IS NULL
+                    ON CONFLICT DO NOTHING RETURNING 1)
+                SELECT (SELECT count(*) FROM ins) AS inserted,
+                       (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last,
+                       (SELECT count(*) FROM batch) AS seen""",
+            *audience_args, campaign["id"], campaign["sub_account_id"], due_at, sup_channel,
+            last, MATERIALISE_CHUNK,
+        )
+        total += int(row["inserted"])
+        if row["seen"] < MATERIALISE_CHUNK:
+            break
+        last = row["last"]
     skipped = int(await conn.fetchval(
         "SELECT count(*) FROM campaign_recipients WHERE campaign_id = $1 AND status = 'skipped'",
         campaign["id"]))
@@ -258,14 +281,6 @@ async def cancel_rest(conn: asyncpg.Connection, campaign_id: UUID) -> int:
         """UPDATE messages SET status = 'canceled', updated_at = now()
            WHERE campaign_id = $1 AND status = 'queued'""", campaign_id)
     return int(status.split()[-1])
-
-
-async def recent_outcomes(conn: Conn, campaign_id: UUID, n: int) -> list[Row]:
-    rows = await conn.fetch(
-        """SELECT status, error_code FROM messages WHERE campaign_id = $1
-             AND status IN ('sent', 'delivered', 'read', 'failed', 'undelivered')
-           ORDER BY updated_at DESC LIMIT $2""", campaign_id, n)
-    return [dict(r) for r in rows]
 
 
 async def recipients_page(conn: Conn, campaign_id: UUID, status: str | None,

@@ -29,14 +29,16 @@ LANE_JOIN = """LEFT JOIN senders s ON s.id = m.sender_id
 
 async def lease_queued(conn: Conn, owner: str, channels: list[str], slots: list[int],
                        limit: int, lease_s: float) -> list[Row]:
-    """Lease up to `limit` queued messages of these slots not leased by a live shard, highest
-    priority first (replies, then transactional, then bulk), oldest first."""
+    """Lease up to `limit` unleased queued messages of these slots, highest priority first
+    (replies, then transactional, then bulk), oldest first. It walks `messages_claimable` in
+    its order, so a claim costs about `limit` index entries however many rows the table or
+    this shard's own lanes hold. Expired leases come back through `release_stale`."""
     rows = await conn.fetch(
         f"""WITH picked AS (
                SELECT id FROM messages
-               WHERE status = 'queued' AND channel = ANY($2::text[]) AND slot = ANY($3::int[])
-                 AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < now())
-               ORDER BY (priority = 'bulk'), (priority = 'transactional'), created_at
+               WHERE status = 'queued' AND lease_owner IS NULL
+                 AND channel = ANY($2::text[]) AND slot = ANY($3::int[])
+               ORDER BY send_rank, created_at
                LIMIT $4 FOR UPDATE SKIP LOCKED)
            , m AS (
                UPDATE messages m SET lease_owner = $1,
@@ -46,6 +48,22 @@ async def lease_queued(conn: Conn, owner: str, channels: list[str], slots: list[
         owner, channels, slots, limit, lease_s,
     )
     return [dict(r) for r in rows]
+
+
+async def release_stale(conn: Conn, owner: str, channels: list[str], slots: list[int], *,
+                        own: bool) -> int:
+    """Hand back queued messages of these slots whose lease expired (a shard that died, or
+    slots that moved to another shard), and with `own` this shard's own leases too (what a
+    previous incarnation held, at start-up), so `lease_queued` finds them again. Reads only
+    `messages_leased`: a few thousand rows at most."""
+    status = await conn.execute(
+        """UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL
+           WHERE status = 'queued' AND lease_owner IS NOT NULL
+             AND (lease_expires_at < now() OR ($4 AND lease_owner = $1))
+             AND channel = ANY($2::text[]) AND slot = ANY($3::int[])""",
+        owner, channels, slots, own,
+    )
+    return int(status.split()[-1])
 
 
 async def lease_ids(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
