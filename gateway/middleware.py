@@ -64,8 +64,14 @@ class BodyLimit:
 
 
 class Metrics:
+    """Request count and latency per method, route template and status. The labelled
+    children are looked up once per combination (prometheus_client's `labels()` takes a
+    lock and builds a key on every call, which shows on the webhook hot path)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +90,14 @@ class Metrics:
             await self.app(scope, receive, send_wrapper)  # type: ignore[arg-type]
         finally:
             route = scope.get("route")
-            name = getattr(route, "path", "unmatched")
-            REQUESTS.labels(scope["method"], name, str(status)).inc()
-            LATENCY.labels(scope["method"], name).observe(time.perf_counter() - started)
+            name: str = getattr(route, "path", "unmatched")
+            method: str = scope["method"]
+            counter = self._counters.get((method, name, status))
+            if counter is None:
+                counter = self._counters[(method, name, status)] = REQUESTS.labels(
+                    method, name, str(status))
+            timer = self._timers.get((method, name))
+            if timer is None:
+                timer = self._timers[(method, name)] = LATENCY.labels(method, name)
+            counter.inc()
+            timer.observe(time.perf_counter() - started)

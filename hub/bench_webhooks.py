@@ -52,6 +52,7 @@ import aiohttp
 import psutil
 from fastapi import FastAPI, Request, Response
 from rich.console import Console
+from rich.table import Table
 from twilio.request_validator import RequestValidator
 
 from config.settings import Settings
@@ -1029,6 +1030,32 @@ def print_report(r: dict[str, Any], console: Console) -> None:
         console.print(line, soft_wrap=True)
 
 
+def report_table(r: dict[str, Any]) -> Table:
+    """The figures of record as one table (for `hub bench webhooks`)."""
+    table = Table(title=f"webhooks, {r['date']}")
+    for col in ("measure", "value", "baseline / target", "met"):
+        table.add_column(col)
+    met = list(r["targets"].values())
+    table.add_row("ingest (signed status callbacks)", f"{r['gateway_req_per_s']:,.0f} req/s",
+                  f"bare FastAPI {r['bare_req_per_s']:,.0f} req/s", "")
+    table.add_row("ingest ratio (by CPU)", f"{r['ingest_ratio']:.2f} "
+                  f"({r['ingest_cpu_ratio']:.2f})", f"≥ {TARGETS['ingest_ratio']}",
+                  "yes" if met[0] else "NO")
+    table.add_row("ack p50 / p99", f"{r['gateway_p50_ms']} / {r['gateway_p99_ms']} ms",
+                  f"bare {r['bare_p50_ms']} / {r['bare_p99_ms']} ms", "")
+    table.add_row("stored / applied / delivered", f"{r['stored']:,} / {r['applied']:,} / "
+                  f"{r['delivered']:,}", f"{r['callbacks'] + r['warmup_callbacks']:,}",
+                  "yes" if met[4] else "NO")
+    table.add_row(f"webhook → WebSocket p50 ({r['ws_clients']} clients, "
+                  f"{r['ws_post_rate_per_s']:,.0f}/s)", f"{r['ws_p50_ms']} ms",
+                  f"≤ {TARGETS['ws_p50_ms']:g} ms", "yes" if met[1] else "NO")
+    table.add_row("webhook → WebSocket p99", f"{r['ws_p99_ms']} ms",
+                  f"≤ {TARGETS['ws_p99_ms']:g} ms", "yes" if met[2] else "NO")
+    table.add_row("deliveries (missed)", f"{r['ws_deliveries']:,} ({r['ws_missed']:,})",
+                  f"{r['ws_expected_deliveries']:,}", "yes" if met[3] else "NO")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub.bench_webhooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1047,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-procs", type=int, default=2,
                         help="processes the WebSocket clients are spread over")
     parser.add_argument("--gateway-loop", choices=("uvloop", "asyncio"), default="uvloop",
-                        help="the gateway's event loop (`hub serve` runs asyncio's)")
+                        help="the gateway's event loop (`hub serve` runs uvloop)")
     parser.add_argument("--extra-messages", type=int, default=0, metavar="M",
                         help="seed M older messages in another sub-account first (a messages "
                              "table with history)")

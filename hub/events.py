@@ -53,45 +53,45 @@ class Event:
         }
 
 
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(data, default=str))
-    return result
-
-
 async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[Event]:
-    """Write `pending` to the log inside the caller's transaction; returns them with seqs."""
+    """Write `pending` to the log inside the caller's transaction; returns them with seqs.
+
+    Two statements whatever the number of sub-accounts: one bumps every counter (locking
+    the sub-account rows in id order, so multi-tenant writers never deadlock), one inserts
+    every event."""
     by_sa: dict[UUID, list[PendingEvent]] = {}
     for p in pending:
         by_sa.setdefault(p.sub_account_id, []).append(p)
-    out: list[Event] = []
-    # Fixed lock order across sub-accounts avoids deadlocks between multi-tenant writers.
-    for sa in sorted(by_sa, key=str):
-        items = by_sa[sa]
-        last = await conn.fetchval(
-            "UPDATE sub_accounts SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq",
-            sa,
-            len(items),
-        )
-        if last is None:
-            continue  # the sub-account was deleted in this transaction
-        first = last - len(items) + 1
-        rows = await conn.fetch(
-            """INSERT INTO events (sub_account_id, seq, type, topic, data)
-               SELECT $1, s, t, tp, d
-               FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[]) AS u(s, t, tp, d)
-               RETURNING id, seq, created_at""",
-            sa,
-            list(range(first, last + 1)),
-            [i.type for i in items],
-            [i.topic for i in items],
-            [_jsonable(i.data) for i in items],
-        )
-        for row, item in zip(rows, items, strict=True):
-            out.append(
-                Event(row["id"], sa, row["seq"], item.type, item.topic, _jsonable(item.data),
-                      row["created_at"])
-            )
-    return out
+    sas = sorted(by_sa)
+    heads = await conn.fetch(
+        """WITH locked AS (SELECT id FROM sub_accounts WHERE id = ANY($1::uuid[])
+                           ORDER BY id FOR UPDATE)
+           UPDATE sub_accounts s SET event_seq = s.event_seq + u.n
+           FROM locked JOIN unnest($1::uuid[], $2::int[]) AS u(id, n) ON u.id = locked.id
+           WHERE s.id = locked.id
+           RETURNING s.id, s.event_seq""",
+        sas, [len(by_sa[sa]) for sa in sas])
+    items: list[PendingEvent] = []
+    seqs: list[int] = []
+    for row in heads:  # a sub-account deleted in this transaction has no row: skipped
+        group = by_sa[row["id"]]
+        items.extend(group)
+        seqs.extend(range(row["event_seq"] - len(group) + 1, row["event_seq"] + 1))
+    if not items:
+        return []
+    # Serialized once: the text goes to the log as it is, and its parse is the snapshot.
+    texts = [json.dumps(i.data, default=str) for i in items]
+    rows = await conn.fetch(
+        """INSERT INTO events (sub_account_id, seq, type, topic, data)
+           SELECT u.sa, u.seq, u.type, u.topic, u.data::jsonb
+           FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+               AS u(sa, seq, type, topic, data)
+           RETURNING id, created_at""",
+        [i.sub_account_id for i in items], seqs, [i.type for i in items],
+        [i.topic for i in items], texts)
+    return [Event(row["id"], item.sub_account_id, seq, item.type, item.topic, json.loads(t),
+                  row["created_at"])
+            for row, item, seq, t in zip(rows, items, seqs, texts, strict=True)]
 
 
 async def publish(redis: aioredis.Redis, events: list[Event]) -> None:

@@ -1,11 +1,18 @@
 """The provider webhook inbox: verify a callback against the credentials of the account it
-claims to come from, store it durably (deduplicated), then apply it, now or later.
+claims to come from, store it durably (deduplicated), then apply it in batches.
 
-Receiving (the request's hot path) never applies anything; it answers who may have sent
-the callback and writes one inbox row per provider event, in one short transaction.
-Applying claims a row (FOR UPDATE SKIP LOCKED, so the request's own job, the sweepers of
-every gateway replica and a retry never apply it twice), runs the do_* writer and marks
-the row in the same transaction.
+Receiving (the request's hot path) applies nothing: it checks the signature with the
+account's token (accounts are cached briefly, see `Accounts`) and hands the event to the
+`InboxWriter`, which group-commits the events of concurrent requests into one INSERT … ON
+CONFLICT DO NOTHING; the request is answered only after that commit. The same statement
+refuses a status callback for a message that none of its signers sent, so a forged or
+cross-tenant callback writes nothing.
+
+Applying (`Applier`, one background task per process) takes the rows just stored, and
+every second the rows that are due (a crash or restart left them pending, or an orphan's
+retry is due), claims them (FOR UPDATE SKIP LOCKED, so the appliers of every gateway
+replica never apply a row twice), and applies status callbacks set-based, up to
+`APPLY_BATCH` at a time, in one transaction that also marks the rows.
 
 Orphans: a receipt for a message we do not have may be for a message whose row commits a
 moment later (the provider can answer faster than our commit), so it is kept as `orphan`
@@ -19,8 +26,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -29,7 +36,7 @@ from uuid import UUID
 import asyncpg
 
 from channels import sendgrid
-from channels.base import StatusUpdate, SuppressionEvent
+from channels.base import StatusUpdate
 from channels.twilio_sms import (
     InvalidCallback,
     parse_inbound,
@@ -37,19 +44,27 @@ from channels.twilio_sms import (
     verify_signature,
 )
 from channels.twilio_voice import parse_call_status
-from hub.compliance_actions import do_opt_out
 from hub.context import Hub
-from hub.errors import Forbidden, HubError, ValidationFailed
-from hub.phones import normalize_phone
-from hub.store import tenants
+from hub.crypto import SecretBox
+from hub.errors import Forbidden, ValidationFailed
 from hub.store import webhooks as store
-from hub.webhook_actions import do_apply_status, do_receive_message
+from hub.store.webhooks import Finished, Verified
+from hub.webhook_actions import (
+    PUBLIC_KEY,
+    Receipt,
+    apply_inbound,
+    apply_receipts,
+    apply_sendgrid,
+    as_uuid,
+)
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
+HandOff = Callable[[list[Row]], Awaitable[None]]
 
 TWILIO_KINDS = ("sms_status", "sms_inbound", "voice_status")
-#: The request's own job applies a row at once; the sweeper only steps in after this.
+STATUS_KINDS = frozenset({"sms_status", "voice_status"})
+#: The applier takes a row at once; the sweeper only steps in after this (a crash).
 REQUEST_GRACE_S = 10.0
 ORPHAN_RETRY_FOR = timedelta(hours=24)
 MAX_RETRY_DELAY_S = 300.0
@@ -57,7 +72,8 @@ MAX_RETRY_DELAY_S = 300.0
 MAX_FAILURES = 30
 #: SendGrid signs each POST attempt with its time; older than this is a replay.
 SENDGRID_MAX_AGE_S = 600
-PUBLIC_KEY = "event_webhook_public_key"  # provider_accounts.config key for SendGrid
+#: Status callbacks applied per transaction.
+APPLY_BATCH = 200
 
 
 class Rejected(Forbidden):
@@ -67,128 +83,278 @@ class Rejected(Forbidden):
         super().__init__(detail, code="webhook_signature_invalid")
 
 
-def _uuid(value: str | None) -> UUID | None:
-    try:
-        return UUID(value) if value else None
-    except ValueError:
-        return None
+def _signers(accounts: Iterable[Row]) -> tuple[tuple[UUID, datetime], ...]:
+    return tuple((a["id"], a["updated_at"]) for a in accounts)
 
 
-def _token(hub: Hub, account: Mapping[str, Any]) -> str:
-    return hub.box.decrypt(account["secret_encrypted"])
+# --- the hot path's helpers ----------------------------------------------------------------
+
+
+class Accounts:
+    """Provider accounts by provider-side id (a Twilio Account SID) or by our id, read from
+    PostgreSQL at most every `ttl_s`, and their tokens decrypted once per ciphertext.
+
+    A stale entry can never let a callback in: the inbox insert checks that each signer
+    still exists with the `updated_at` it was read with (a token rotated or an account
+    deleted fails that check), and the caller then reads afresh and verifies again. A
+    token that verifies nothing also makes the caller read afresh before refusing."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox, ttl_s: float = 10.0) -> None:
+        self.pool, self.box, self.ttl_s = pool, box, ttl_s
+        self._rows: dict[tuple[str, str], tuple[float, asyncio.Future[list[Row]]]] = {}
+        self._tokens: dict[bytes, str] = {}
+
+    async def _get(self, key: tuple[str, str], fresh: bool,
+                   load: Callable[[], Awaitable[list[Row]]]) -> tuple[list[Row], bool]:
+        """(rows, whether they were just read). Concurrent misses share one read, which
+        runs as its own task so that a caller going away does not cancel it for others."""
+        now = time.monotonic()
+        hit = self._rows.get(key)
+        if hit is not None:
+            expires, task = hit
+            if not task.done():
+                return await asyncio.shield(task), False
+            if (expires > now and not fresh and not task.cancelled()
+                    and task.exception() is None):
+                return task.result(), False
+        if len(self._rows) >= self.MAX_ENTRIES:
+            self._rows.clear()
+        task = asyncio.ensure_future(load())
+        self._rows[key] = (now + self.ttl_s, task)
+        return await asyncio.shield(task), True
+
+    async def by_account_id(self, provider: str, account_id: str, *,
+                            fresh: bool = False) -> tuple[list[Row], bool]:
+        async def load() -> list[Row]:
+            return await store.provider_accounts(self.pool, provider, account_id)
+        return await self._get((provider, account_id), fresh, load)
+
+    async def by_id(self, id_: UUID, *, fresh: bool = False) -> tuple[Row | None, bool]:
+        async def load() -> list[Row]:
+            row = await store.provider_account(self.pool, id_)
+            return [row] if row else []
+        rows, read = await self._get(("id", str(id_)), fresh, load)
+        return (rows[0] if rows else None), read
+
+    def token(self, account: Mapping[str, Any]) -> str:
+        secret = bytes(account["secret_encrypted"])
+        token = self._tokens.get(secret)
+        if token is None:
+            if len(self._tokens) >= self.MAX_ENTRIES:
+                self._tokens.clear()
+            token = self._tokens[secret] = self.box.decrypt(secret)
+        return token
+
+
+class InboxWriter:
+    """Group commit for the inbox: the events of concurrent requests are written by one
+    INSERT (at most `max_in_flight` at a time, each of at most `max_rows` events); a
+    request's `write` returns once the statement holding its events has committed.
+    `on_stored` gets the (id, kind) of every new row, even if its request went away."""
+
+    def __init__(self, pool: asyncpg.Pool, on_stored: Callable[[list[tuple[int, str]]], None],
+                 *, max_rows: int = 500, max_in_flight: int = 2) -> None:
+        self.pool, self.on_stored = pool, on_stored
+        self.max_rows, self.max_in_flight = max_rows, max_in_flight
+        self._queue: deque[tuple[list[Verified], asyncio.Future[list[Any]]]] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def write(self, events: list[Verified]) -> list[tuple[bool, int | None]]:
+        """Per event (accepted, new inbox id or None for a duplicate); see
+        `store.insert_verified`."""
+        if not events:
+            return []
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((events, fut))
+        self._kick()
+        return await fut
+
+    def _kick(self) -> None:
+        while self._queue and self._in_flight < self.max_in_flight:
+            batch = [self._queue.popleft()]
+            rows = len(batch[0][0])
+            while self._queue and rows + len(self._queue[0][0]) <= self.max_rows:
+                batch.append(self._queue.popleft())
+                rows += len(batch[-1][0])
+            self._in_flight += 1
+            task = asyncio.create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[list[Verified], asyncio.Future[list[Any]]]]
+                     ) -> None:
+        try:
+            try:
+                await self._write(batch)
+            except Exception:
+                # One request's bad row must not fail the others: each on its own.
+                for item in batch:
+                    try:
+                        await self._write([item])
+                    except Exception as exc:
+                        if not item[1].done():
+                            item[1].set_exception(exc)
+        finally:
+            self._in_flight -= 1
+            self._kick()
+
+    async def _write(self, batch: list[tuple[list[Verified], asyncio.Future[list[Any]]]]
+                     ) -> None:
+        events = [e for group, _ in batch for e in group]
+        results = await store.insert_verified(self.pool, events, REQUEST_GRACE_S)
+        self.on_stored([(id_, e.kind) for e, (_, id_) in zip(events, results, strict=True)
+                        if id_ is not None])
+        i = 0
+        for group, fut in batch:
+            if not fut.done():
+                fut.set_result(results[i:i + len(group)])
+            i += len(group)
 
 
 # --- receiving ---------------------------------------------------------------------------
 
 
-async def receive_twilio(hub: Hub, kind: str, url: str, pairs: Sequence[tuple[str, str]],
-                         signature: str | None) -> int | None:
-    """Verify and store one Twilio callback; its inbox id, or None for a duplicate.
-    Raises Rejected (403) or InvalidCallback (400); neither writes anything."""
-    form = dict(pairs)
-    account_sid = form.get("AccountSid") or None
-    if kind == "sms_inbound":
-        sub_account_id, account_id = await _verify_inbound(hub, form, url, pairs, signature)
-        key = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or ""
-        parse_inbound(form)
-    else:
-        sid = form.get("CallSid") if kind == "voice_status" else (
-            form.get("MessageSid") or form.get("SmsSid"))
+class Inbox:
+    """One per gateway process: receives verified callbacks and applies them."""
+
+    def __init__(self, hub: Hub, hand_off: HandOff) -> None:
+        self.hub = hub
+        self.accounts = Accounts(hub.pool, hub.box)
+        self.applier = Applier(hub, hand_off)
+        self.writer = InboxWriter(hub.pool, self.applier.notify)
+
+    async def run(self) -> None:
+        await self.applier.run()
+
+    async def _store(self, event: Verified) -> tuple[bool, int | None]:
+        return (await self.writer.write([event]))[0]
+
+    async def receive_twilio(self, kind: str, url: str, pairs: Sequence[tuple[str, str]],
+                             signature: str | None) -> int | None:
+        """Verify and store one Twilio callback; its inbox id, or None for a duplicate.
+        Raises Rejected (403) or InvalidCallback (400); neither writes anything."""
+        form = dict(pairs)
+        payload = {"url": url, "form": form, "signature": signature}
+        if kind == "sms_inbound":
+            event = await self._verify_inbound(form, url, pairs, signature, payload)
+            accepted, id_ = await self._store(event)
+            if not accepted:  # the account changed as we stored it
+                raise Rejected("the sender's account changed; retry")
+            return id_
         query = dict(parse_qsl(urlsplit(url).query))
-        message = await store.callback_message(hub.pool, _uuid(query.get("message_id")),
-                                               "twilio", sid)
-        if message is not None:
-            # The message's own account must have signed it: another tenant's valid
-            # signature on our message id is a forgery.
-            if message["provider"] != "twilio" or (
-                    account_sid and message["account_id"] != account_sid):
-                raise Rejected("the callback's account did not send this message")
-            if not verify_signature(_token(hub, message), url, pairs, signature):
-                raise Rejected("X-Twilio-Signature does not match")
-            sub_account_id, account_id = message["sub_account_id"], message["provider_account_id"]
-        else:
-            account_id = await _verify_any(hub, account_sid, url, pairs, signature)
-            sub_account_id = None  # resolved when the message turns up
-        update = (parse_call_status(form, query) if kind == "voice_status"
-                  else parse_status_callback(form, query))
-        key = update.event_key
-    payload = {"url": url, "form": form, "signature": signature}
-    ids = await store.insert_events(hub.pool, [{
-        "provider": "twilio", "kind": kind, "sub_account_id": sub_account_id,
-        "provider_account_id": account_id, "event_key": f"{account_id}:{key}",
-        "payload": payload}], REQUEST_GRACE_S)
-    return ids[0] if ids else None
+        message_id = as_uuid(query.get("message_id"))
+        sid = (form.get("CallSid") if kind == "voice_status"
+               else form.get("MessageSid") or form.get("SmsSid")) or None
+        fresh = False
+        while True:
+            accounts, fresh = await self._status_accounts(form, message_id, sid, fresh)
+            signers = [a for a in accounts
+                       if verify_signature(self.accounts.token(a), url, pairs, signature)]
+            if signers:
+                update = (parse_call_status(form, query) if kind == "voice_status"
+                          else parse_status_callback(form, query))
+                accepted, id_ = await self._store(Verified(
+                    "twilio", kind, update.event_key, payload, _signers(signers),
+                    message_id=message_id,
+                    provider_message_id=None if message_id else update.provider_message_id))
+                if accepted:
+                    return id_
+            if fresh:
+                raise Rejected("X-Twilio-Signature does not match, or the callback's account "
+                               "did not send this message")
+            fresh = True  # cached accounts may be stale: read them again, once
 
+    async def _status_accounts(self, form: Mapping[str, str], message_id: UUID | None,
+                               sid: str | None, fresh: bool) -> tuple[list[Row], bool]:
+        """The accounts that may have signed a status callback: those with its Account SID,
+        or, if it names none, the account that sent the message it names."""
+        account_sid = form.get("AccountSid")
+        if account_sid:
+            return await self.accounts.by_account_id("twilio", account_sid, fresh=fresh)
+        message = await store.callback_message(self.hub.pool, message_id, "twilio", sid)
+        if message is None or message["provider"] != "twilio":
+            return [], True
+        account, _ = await self.accounts.by_id(message["provider_account_id"], fresh=True)
+        return ([account] if account else []), True
 
-async def _verify_inbound(hub: Hub, form: Mapping[str, str], url: str,
-                          pairs: Sequence[tuple[str, str]],
-                          signature: str | None) -> tuple[UUID, UUID]:
-    """(sub-account, provider account) of the sender the message was addressed to: the
-    number itself, or the messaging service the number belongs to."""
-    to = form.get("To") or ""
-    candidates = await store.inbound_senders(
-        hub.pool, form.get("AccountSid") or "", [to, to.removeprefix("whatsapp:")],
-        form.get("MessagingServiceSid") or None)
-    tokens: dict[UUID, bool] = {}
-    for sender in candidates:  # several only when sub-accounts share a Twilio account
-        pa = sender["account_row_id"]
-        if pa not in tokens:
-            tokens[pa] = verify_signature(_token(hub, sender), url, pairs, signature)
-        if tokens[pa]:
-            return sender["sub_account_id"], pa
-    raise Rejected("unknown account or sender, or X-Twilio-Signature does not match")
+    async def _verify_inbound(self, form: Mapping[str, str], url: str,
+                              pairs: Sequence[tuple[str, str]], signature: str | None,
+                              payload: Row) -> Verified:
+        """Signed by the account of the sender the message was addressed to: the number
+        itself, or the messaging service the number belongs to."""
+        to = form.get("To") or ""
+        candidates = await store.inbound_senders(
+            self.hub.pool, form.get("AccountSid") or "", [to, to.removeprefix("whatsapp:")],
+            form.get("MessagingServiceSid") or None)
+        tokens: dict[UUID, bool] = {}
+        for sender in candidates:  # several only when sub-accounts share a Twilio account
+            pa = sender["account_row_id"]
+            if pa not in tokens:
+                tokens[pa] = verify_signature(self.accounts.token(sender), url, pairs,
+                                              signature)
+            if tokens[pa]:
+                key = (form.get("MessageSid") or form.get("SmsMessageSid")
+                       or form.get("SmsSid") or "")
+                parse_inbound(form)
+                return Verified("twilio", "sms_inbound", key, payload,
+                                ((pa, sender["updated_at"]),), sender["sub_account_id"])
+        raise Rejected("unknown account or sender, or X-Twilio-Signature does not match")
 
+    async def receive_sendgrid(self, account: str | None, body: bytes, signature: str | None,
+                               timestamp: str | None, now: float | None = None) -> list[int]:
+        """Verify and store a SendGrid Event Webhook batch; the inbox ids of new events.
 
-async def _verify_any(hub: Hub, account_sid: str | None, url: str,
-                      pairs: Sequence[tuple[str, str]], signature: str | None) -> UUID:
-    if account_sid:
-        for account in await store.provider_accounts(hub.pool, "twilio", account_sid):
-            if verify_signature(_token(hub, account), url, pairs, signature):
-                return UUID(str(account["id"]))
-    raise Rejected("unknown account, or X-Twilio-Signature does not match")
+        The account is named by the `account` query parameter of the configured webhook
+        URL (the provider account id): one lookup and one ECDSA check, and no guessing
+        between tenants. Raises Rejected (403) or ValidationFailed (body not JSON)."""
+        pa_id = as_uuid(account)
+        fresh = False
+        while True:
+            row, fresh = await self.accounts.by_id(pa_id, fresh=fresh) if pa_id else (None,
+                                                                                      True)
+            try:
+                items = self._verify_sendgrid(row, body, signature, timestamp, now)
+            except Rejected:
+                if fresh:
+                    raise
+                fresh = True
+                continue
+            assert row is not None
+            results = await self.writer.write([Verified(
+                "sendgrid", "sendgrid_events", sendgrid.event_key_of(e), e,
+                _signers([row]), row["sub_account_id"]) for e in items])
+            if all(accepted for accepted, _ in results):
+                return [id_ for _, id_ in results if id_ is not None]
+            if fresh:
+                raise Rejected("the SendGrid account changed; retry")
+            fresh = True
 
-
-async def receive_sendgrid(hub: Hub, account: str | None, body: bytes, signature: str | None,
-                           timestamp: str | None, now: float | None = None) -> list[int]:
-    """Verify and store a SendGrid Event Webhook batch; the inbox ids of new events.
-
-    The account is named by the `account` query parameter of the configured webhook URL
-    (the provider account id): one lookup and one ECDSA check, and no guessing between
-    tenants. Raises Rejected (403) or ValidationFailed (body not JSON)."""
-    pa_id = _uuid(account)
-    row = await store.provider_account(hub.pool, pa_id) if pa_id else None
-    key = str((row or {}).get("config", {}).get(PUBLIC_KEY) or "")
-    if row is None or row["provider"] != "sendgrid" or not key:
-        raise Rejected("unknown SendGrid account, or it has no event webhook public key")
-    now = time.time() if now is None else now
-    try:
-        age = now - int(timestamp or "")
-    except ValueError:
-        raise Rejected("missing or malformed signature timestamp") from None
-    if abs(age) > SENDGRID_MAX_AGE_S:
-        raise Rejected("the signature timestamp is more than 10 minutes away (replay?)")
-    if not sendgrid.verify_event_signature(key, body, signature or "", timestamp or ""):
-        raise Rejected("event webhook signature does not match")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise ValidationFailed.field("body", "not JSON", "json_invalid") from None
-    items = [e for e in (data if isinstance(data, list) else [data]) if isinstance(e, dict)]
-    return await store.insert_events(hub.pool, [{
-        "provider": "sendgrid", "kind": "sendgrid_events", "sub_account_id": row["sub_account_id"],
-        "provider_account_id": row["id"], "event_key": f"{row['id']}:{sendgrid.event_key_of(e)}",
-        "payload": e} for e in items], REQUEST_GRACE_S)
+    @staticmethod
+    def _verify_sendgrid(row: Row | None, body: bytes, signature: str | None,
+                         timestamp: str | None, now: float | None) -> list[Row]:
+        key = str((row or {}).get("config", {}).get(PUBLIC_KEY) or "")
+        if row is None or row["provider"] != "sendgrid" or not key:
+            raise Rejected("unknown SendGrid account, or it has no event webhook public key")
+        now = time.time() if now is None else now
+        try:
+            age = now - int(timestamp or "")
+        except ValueError:
+            raise Rejected("missing or malformed signature timestamp") from None
+        if abs(age) > SENDGRID_MAX_AGE_S:
+            raise Rejected("the signature timestamp is more than 10 minutes away (replay?)")
+        if not sendgrid.verify_event_signature(key, body, signature or "", timestamp or ""):
+            raise Rejected("event webhook signature does not match")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ValidationFailed.field("body", "not JSON", "json_invalid") from None
+        return [e for e in (data if isinstance(data, list) else [data]) if isinstance(e, dict)]
 
 
 # --- applying ----------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    status: str  # applied | orphan | ignored
-    error: str | None = None
-    sub_account_id: UUID | None = None
-    replies: list[Row] = field(default_factory=list)
 
 
 def _retry_at(row: Row, *, orphan: bool) -> datetime | None:
@@ -199,178 +365,176 @@ def _retry_at(row: Row, *, orphan: bool) -> datetime | None:
     return now + timedelta(seconds=delay)
 
 
+def _log_outcome(row: Row, done: Finished) -> None:
+    if done.status == "applied":
+        return
+    # An orphan is told once, not at every retry.
+    level = logging.DEBUG if done.status == "orphan" and row["attempts"] else logging.INFO
+    log.log(level, "webhook event %s", done.status, extra={
+        "event_id": row["id"], "kind": row["kind"], "error": done.error})
+
+
+async def _failed(hub: Hub, event_id: int, exc: Exception) -> None:
+    log.warning("webhook event not applied; will retry", extra={
+        "event_id": event_id, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    await store.failed(hub.pool, event_id, f"{type(exc).__name__}: {exc}"[:500],
+                       MAX_RETRY_DELAY_S, MAX_FAILURES)
+
+
+async def apply_statuses(hub: Hub, ids: Sequence[int]) -> None:
+    """Apply these status-callback rows in one transaction; if that fails, each on its
+    own, so that one bad row is retried alone and holds up no other."""
+    try:
+        await _apply_statuses(hub, ids)
+    except Exception as exc:
+        if len(ids) == 1:
+            await _failed(hub, ids[0], exc)
+            return
+        log.warning("webhook status batch failed; applying its rows one by one",
+                    extra={"events": len(ids), "error": f"{type(exc).__name__}: {exc}"[:300]})
+        for event_id in ids:
+            await apply_statuses(hub, [event_id])
+
+
+def _parse_status(row: Row) -> StatusUpdate:
+    payload = row["payload"]
+    query = dict(parse_qsl(urlsplit(payload["url"]).query))
+    return (parse_call_status(payload["form"], query) if row["kind"] == "voice_status"
+            else parse_status_callback(payload["form"], query))
+
+
+async def _apply_statuses(hub: Hub, ids: Sequence[int]) -> None:
+    done: list[Finished] = []
+    async with hub.transaction() as tx:
+        rows = await store.claim_many(tx.conn, ids)
+        parsed: list[tuple[Row, StatusUpdate]] = []
+        for row in rows:
+            try:
+                parsed.append((row, _parse_status(row)))
+            except InvalidCallback as exc:
+                done.append(Finished(row["id"], "ignored", str(exc)))
+        named = [as_uuid(u.message_id) for _, u in parsed]
+        messages = await store.callback_messages(
+            tx.conn, [m for m in named if m is not None], "twilio",
+            [u.provider_message_id for (_, u), m in zip(parsed, named, strict=True)
+             if m is None and u.provider_message_id])
+        by_id = {m["id"]: m for m in messages}
+        by_sid: dict[str, Row] = {}
+        for m in messages:
+            by_sid.setdefault(m["provider_message_id"], m)
+        receipts: list[Receipt] = []
+        for (row, update), mid in zip(parsed, named, strict=True):
+            message = by_id.get(mid) if mid else by_sid.get(update.provider_message_id)
+            outcome = _judge(hub, row, message)
+            done.append(outcome)
+            if outcome.status == "applied":
+                assert message is not None
+                receipts.append(Receipt(message, update))
+        await apply_receipts(tx, receipts)
+        await store.finish_many(tx.conn, done)
+    by_row = {r["id"]: r for r in rows}
+    for d in done:
+        _log_outcome(by_row[d.id], d)
+
+
+def _judge(hub: Hub, row: Row, message: Row | None) -> Finished:
+    """Whether a status callback applies to the message it names."""
+    if message is None:
+        return Finished(row["id"], "orphan", "no message with this id yet",
+                        next_attempt_at=_retry_at(row, orphan=True))
+    if row["sub_account_id"] is None:
+        # Stored before the message existed: check now that its own account signed it.
+        payload = row["payload"]
+        account_sid = payload["form"].get("AccountSid")
+        signed = message["provider"] == "twilio" and (
+            not account_sid or message["account_id"] == account_sid) and verify_signature(
+            hub.box.decrypt(message["secret_encrypted"]), payload["url"], payload["form"],
+            payload["signature"])
+        if not signed:
+            return Finished(row["id"], "ignored",
+                            "not signed by the account that sent this message")
+    elif row["sub_account_id"] != message["sub_account_id"]:
+        return Finished(row["id"], "ignored", "the message belongs to another sub-account")
+    return Finished(row["id"], "applied", sub_account_id=message["sub_account_id"])
+
+
 async def apply_event(hub: Hub, event_id: int) -> list[Row]:
-    """Apply one inbox row if nobody else is; returns messages queued by it (compliance
-    replies) for the caller to hand to the sender shards."""
+    """Apply one inbound-message or SendGrid row if nobody else is; returns messages
+    queued by it (compliance replies) for the caller to hand to the sender shards."""
     try:
         async with hub.transaction() as tx:
             row = await store.claim(tx.conn, event_id)
             if row is None:
                 return []
-            outcome = await _dispatch(hub, tx.conn, row)
-            retry = _retry_at(row, orphan=True) if outcome.status == "orphan" else None
-            await store.finish(tx.conn, event_id, outcome.status, error=outcome.error,
-                               sub_account_id=outcome.sub_account_id, next_attempt_at=retry)
-    except Exception as exc:
-        log.warning("webhook event not applied; will retry", extra={
-            "event_id": event_id, "error": f"{type(exc).__name__}: {exc}"[:300]})
-        await hub.pool.execute(  # kept pending; after MAX_FAILURES only a person retries it
-            """UPDATE webhook_events SET attempts = attempts + 1, error = $2,
-                      next_attempt_at = CASE WHEN attempts + 1 >= $4 THEN NULL ELSE
-                          now() + make_interval(secs => least(2 ^ attempts, $3)) END
-               WHERE id = $1 AND status IN ('pending', 'orphan')""",
-            event_id, f"{type(exc).__name__}: {exc}"[:500], MAX_RETRY_DELAY_S, MAX_FAILURES)
-        return []
-    if outcome.status != "applied":  # an orphan is told once, not at every retry
-        level = logging.DEBUG if outcome.status == "orphan" and row["attempts"] else logging.INFO
-        log.log(level, "webhook event %s", outcome.status, extra={
-            "event_id": event_id, "kind": row["kind"], "error": outcome.error})
-    return outcome.replies
-
-
-async def _dispatch(hub: Hub, conn: asyncpg.Connection, row: Row) -> Outcome:
-    """Lookups run on the claiming transaction's connection; the writers join it."""
-    if row["kind"] == "sms_inbound":
-        return await _apply_inbound(hub, conn, row)
-    if row["kind"] in ("sms_status", "voice_status"):
-        return await _apply_twilio_status(hub, conn, row)
-    return await _apply_sendgrid(hub, conn, row)
-
-
-async def _apply_twilio_status(hub: Hub, conn: asyncpg.Connection, row: Row) -> Outcome:
-    payload = row["payload"]
-    form, url = payload["form"], payload["url"]
-    query = dict(parse_qsl(urlsplit(url).query))
-    update = (parse_call_status(form, query) if row["kind"] == "voice_status"
-              else parse_status_callback(form, query))
-    message = await store.callback_message(conn, _uuid(update.message_id), "twilio",
-                                           update.provider_message_id)
-    if message is None:
-        return Outcome("orphan", "no message with this id yet")
-    if row["sub_account_id"] is None:
-        # Stored before the message existed: check now that its own account signed it.
-        account_sid = form.get("AccountSid")
-        signed = message["provider"] == "twilio" and (
-            not account_sid or message["account_id"] == account_sid) and verify_signature(
-            _token(hub, message), url, form, payload["signature"])
-        if not signed:
-            return Outcome("ignored", "not signed by the account that sent this message")
-    elif row["sub_account_id"] != message["sub_account_id"]:
-        return Outcome("ignored", "the message belongs to another sub-account")
-    await do_apply_status(hub, message, update)
-    return Outcome("applied", sub_account_id=message["sub_account_id"])
-
-
-async def _apply_inbound(hub: Hub, conn: asyncpg.Connection, row: Row) -> Outcome:
-    inbound = parse_inbound(row["payload"]["form"])
-    if inbound.from_.startswith("whatsapp:") or inbound.to.startswith("whatsapp:"):
-        return Outcome("ignored", "WhatsApp is not a channel of the hub")
-    senders = await store.inbound_senders(conn, inbound.account_id or "", [inbound.to],
-                                          inbound.messaging_service_id, row["sub_account_id"])
-    sa = await tenants.get_sub_account(conn, row["sub_account_id"])
-    if not senders or sa is None:
-        return Outcome("ignored", "the sender is gone")
-    try:
-        phone = normalize_phone(inbound.from_, sa["default_region"], field="From")
-    except ValidationFailed:
-        return Outcome("ignored", "From is not a phone number the hub can answer")
-    received = await do_receive_message(hub, sa, senders[0], inbound, phone)
-    return Outcome("applied", None if received.message else "duplicate message", sa["id"],
-                   received.replies)
-
-
-async def _apply_sendgrid(hub: Hub, conn: asyncpg.Connection, row: Row) -> Outcome:
-    account = await store.provider_account(conn, row["provider_account_id"]) \
-        if row["provider_account_id"] else None
-    if account is None:
-        return Outcome("ignored", "the SendGrid account is gone")
-    event = row["payload"]
-    sa_id: UUID = row["sub_account_id"]
-    status = "applied"
-    error = None
-    for item in sendgrid.parse_events(json.dumps(event).encode()):
-        if isinstance(item, StatusUpdate):
-            message = await store.callback_message(
-                conn, _uuid(item.message_id), "sendgrid", item.provider_message_id or None,
-                str(event.get("email") or "") or None)
-            if message is None:
-                named = item.message_id or item.provider_message_id
-                status, error = ("orphan", "no message with this id yet") if named else (
-                    "ignored", "the event names no message")
-            elif not _same_signer(message, account):
-                return Outcome("ignored", "the message belongs to another SendGrid account")
+            if row["kind"] == "sms_inbound":
+                done, replies = await apply_inbound(hub, tx.conn, row)
             else:
-                sa_id = message["sub_account_id"]
-                await do_apply_status(hub, message, item)
-        elif isinstance(item, SuppressionEvent):
-            await _suppress_email(hub, conn, sa_id, item)
-    return Outcome(status, error, sa_id)
+                retry = _retry_at(row, orphan=True)
+                done, replies = await apply_sendgrid(hub, tx.conn, row, retry), []
+            await store.finish_many(tx.conn, [done])
+    except Exception as exc:
+        await _failed(hub, event_id, exc)
+        return []
+    _log_outcome(row, done)
+    return replies
 
 
-def _same_signer(message: Row, account: Row) -> bool:
-    if message["provider"] != "sendgrid":
-        return False
-    if message["provider_account_id"] == account["id"]:
-        return True
-    key = (message["config"] or {}).get(PUBLIC_KEY)
-    return bool(key) and key == account["config"].get(PUBLIC_KEY)
+class Applier:
+    """Applies what the writer stored, as it is stored, and every `every_s` what is due
+    (rows a crash left pending, orphans whose retry time came); forgets applied events
+    after `keep_days`. Status callbacks go in batches of up to APPLY_BATCH, the other kinds
+    one by one."""
+
+    def __init__(self, hub: Hub, hand_off: HandOff, *, every_s: float = 1.0,
+                 keep_days: int = 7) -> None:
+        self.hub, self.hand_off = hub, hand_off
+        self.every_s, self.keep_days = every_s, keep_days
+        self._ready: dict[int, str] = {}
+        self._wake = asyncio.Event()
+
+    def notify(self, stored: list[tuple[int, str]]) -> None:
+        self._ready.update(stored)
+        self._wake.set()
+
+    async def run(self) -> None:
+        last_sweep = last_prune = 0.0
+        while True:
+            try:
+                batch, self._ready = self._ready, {}
+                if time.monotonic() - last_sweep >= self.every_s:
+                    last_sweep = time.monotonic()
+                    for id_, kind in await store.due(self.hub.pool, APPLY_BATCH):
+                        batch.setdefault(id_, kind)
+                if batch:
+                    await self.apply(batch)
+                if time.monotonic() - last_prune > 3600:
+                    last_prune = time.monotonic()
+                    await store.prune(self.hub.pool, self.keep_days)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("webhook apply loop failed; retrying", exc_info=True)
+                await asyncio.sleep(self.every_s)
+            if not self._ready:
+                self._wake.clear()
+                wait = last_sweep + self.every_s - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    except TimeoutError:
+                        pass
+
+    async def apply(self, batch: Mapping[int, str]) -> None:
+        statuses = [id_ for id_, kind in batch.items() if kind in STATUS_KINDS]
+        for i in range(0, len(statuses), APPLY_BATCH):
+            await apply_statuses(self.hub, statuses[i:i + APPLY_BATCH])
+        replies: list[Row] = []
+        for id_, kind in batch.items():
+            if kind not in STATUS_KINDS:
+                replies.extend(await apply_event(self.hub, id_))
+        if replies:
+            await self.hand_off(replies)
 
 
-_SUPPRESSION_SOURCE = {"bounce": "bounce", "dropped": "bounce", "spamreport": "spamreport"}
-
-
-async def _suppress_email(hub: Hub, conn: asyncpg.Connection, sa_id: UUID,
-                         event: SuppressionEvent) -> None:
-    if event.message_id:  # the message's sub-account, if SendGrid is shared
-        owner = await conn.fetchval("SELECT sub_account_id FROM messages WHERE id = $1",
-                                        _uuid(event.message_id))
-        sa_id = owner or sa_id
-    sa = await tenants.get_sub_account(conn, sa_id)
-    if sa is None or not event.address:
-        return
-    try:
-        await do_opt_out(hub, sa, "email", event.address, reason=f"sendgrid {event.reason}",
-                         source=_SUPPRESSION_SOURCE.get(event.reason, "opt_out"),
-                         actor="sendgrid")
-    except HubError:
-        log.info("sendgrid suppression for an address the hub cannot use; skipped",
-                 extra={"sub_account_id": str(sa_id), "reason": event.reason})
-
-
-# --- the sweeper -------------------------------------------------------------------------
-
-HandOff = Callable[[list[Row]], Awaitable[None]]
-
-
-async def apply_many(hub: Hub, ids: Sequence[int], hand_off: HandOff) -> None:
-    replies: list[Row] = []
-    for event_id in ids:
-        replies.extend(await apply_event(hub, event_id))
-    if replies:
-        await hand_off(replies)
-
-
-async def sweep(hub: Hub, hand_off: HandOff, *, every_s: float = 1.0, batch: int = 200,
-                keep_days: int = 7) -> None:
-    """Forever: apply pending rows the request's job did not (a crash, a restart), retry
-    orphans that are due, and forget applied events after `keep_days`."""
-    last_prune = 0.0
-    while True:
-        ids: list[int] = []
-        try:
-            ids = await store.due(hub.pool, batch)
-            if ids:
-                await apply_many(hub, ids, hand_off)
-            if time.monotonic() - last_prune > 3600:
-                last_prune = time.monotonic()
-                await store.prune(hub.pool, keep_days)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.warning("webhook sweep failed; retrying", exc_info=True)
-        if len(ids) < batch:
-            await asyncio.sleep(every_s)
-
-
-__all__ = ["InvalidCallback", "Rejected", "apply_event", "apply_many", "receive_sendgrid",
-           "receive_twilio", "sweep"]
+__all__ = ["Accounts", "Applier", "Inbox", "InboxWriter", "InvalidCallback", "Rejected",
+           "apply_event", "apply_statuses"]

@@ -1,53 +1,129 @@
-"""Writers for what providers report: a delivery receipt merged into a message's status, and
-an inbound SMS/MMS stored in its contact's conversation, with the compliance keywords
-(STOP, START, HELP) acted on in the same transaction."""
+"""Writers for what providers report: delivery receipts merged into their messages' status
+(set-based, a batch at a time), and an inbound SMS/MMS stored in its contact's
+conversation, with the compliance keywords (STOP, START, HELP) acted on in the same
+transaction."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from channels.base import ErrorKind, InboundMessage, StatusUpdate
-from channels.twilio_sms import callback_error
+import asyncpg
+from prometheus_client import Counter
+
+from channels import sendgrid
+from channels.base import ErrorKind, InboundMessage, StatusUpdate, SuppressionEvent
+from channels.twilio_sms import callback_error, parse_inbound
 from hub import compliance
-from hub.compliance_actions import cancel_waiting, do_opt_in, lock_address, queue_reply
-from hub.context import Hub
+from hub.compliance_actions import (
+    cancel_waiting,
+    do_opt_in,
+    do_opt_out,
+    lock_address,
+    queue_reply,
+)
+from hub.context import Hub, Tx
+from hub.errors import HubError, ValidationFailed
 from hub.phones import normalize_phone
 from hub.segments import count_segments
+from hub.status import ACCEPTED, Status, can_transition, rank
 from hub.store import contacts as contact_store
 from hub.store import suppressions as suppression_store
+from hub.store import tenants
 from hub.store import webhooks as store
 from hub.store.messaging import CONVERSATION_COLS, MESSAGE_COLS
+from hub.store.webhooks import Finished, Merge
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
+#: Receipts seen for the first time (a provider's retry is not counted again), by provider
+#: and the status they report: the dashboards' delivery rate and "no receipts" alert.
+RECEIPTS = Counter("hub_receipts_total", "provider receipts applied, by provider and status",
+                   ["provider", "status"])
 
-async def do_apply_status(hub: Hub, message: Row, update: StatusUpdate) -> bool:
-    """Record a provider receipt and move the message forward if it is news. Returns
-    whether the status moved. Idempotent: an event key seen before changes nothing."""
-    async with hub.transaction() as tx:
-        fresh = await store.record_status_event(
-            tx.conn, message, update.status.value, update.provider_status, update.error_code,
-            update.event_key, update.occurred_at)
-        if not fresh:
-            return False
-        # SendGrid's id names a whole request (up to 1,000 messages): never stored from here.
-        provider_id = update.provider_message_id if update.provider == "twilio" else None
-        row = await store.merge_status(tx.conn, message["id"], update.status.value,
-                                       update.error_code, provider_id)
-        if row is not None and row["priority"] != "bulk":  # campaign progress reports bulk
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A verified provider receipt and the message it is for (a callback_message row)."""
+
+    message: Row
+    update: StatusUpdate
+
+
+def plan_merges(receipts: Sequence[Receipt], fresh: set[tuple[UUID, str]]) -> list[Merge]:
+    """Where each message moves, given the receipts not seen before (`fresh`): the
+    receipts of one batch arrived together, so they are taken in lifecycle order, one at
+    a time, from the message's current status (hub/status.py's forward-only rule; the
+    final status is the same in any order). Canceled and received are never reached
+    through a receipt. Messages that do not move are left out."""
+    by_message: dict[UUID, list[Receipt]] = {}
+    for r in receipts:
+        if (r.message["id"], r.update.event_key) in fresh and r.update.status not in (
+                Status.CANCELED, Status.RECEIVED):
+            by_message.setdefault(r.message["id"], []).append(r)
+    merges = []
+    for mid, group in by_message.items():
+        current = start = Status(group[0].message["status"])
+        last: Receipt | None = None
+        left = False
+        for r in sorted(group, key=lambda x: rank(x.update.status)):
+            if can_transition(current, r.update.status):
+                current, last = r.update.status, r
+                left = left or current in ACCEPTED  # it has left: sets sent_at
+        if last is None or current == start:
+            continue
+        # SendGrid's id names a whole request (up to 1,000 messages): never stored here.
+        pmid = last.update.provider_message_id if last.update.provider == "twilio" else None
+        merges.append(Merge(mid, current.value, last.update.error_code, pmid, left))
+    return merges
+
+
+async def apply_receipts(tx: Tx, receipts: Sequence[Receipt]) -> list[Row]:
+    """Record provider receipts and move their messages forward, set-based: one insert
+    into the messages' history (duplicates by event key change nothing), one status merge,
+    one event per message that moved. Returns the messages that moved."""
+    events = [store.StatusEvent(r.message["id"], r.message["sub_account_id"],
+                                r.update.status.value, r.update.provider_status,
+                                r.update.error_code, r.update.event_key, r.update.occurred_at)
+              for r in receipts]
+    fresh = await store.record_status_events(tx.conn, events)
+    if not fresh:
+        return []
+    for (mid, key), update in {(r.message["id"], r.update.event_key): r.update
+                               for r in receipts}.items():
+        if (mid, key) in fresh:
+            RECEIPTS.labels(update.provider, update.status.value).inc()
+    moved = await store.merge_statuses(tx.conn, plan_merges(receipts, fresh))
+    for row in moved:
+        if row["priority"] != "bulk":  # campaign progress reports bulk
             tx.emit(row["sub_account_id"], "message.status_updated", row,
                     f"conversation:{row['conversation_id']}")
-        error = callback_error(update) if update.provider == "twilio" else None
-        if error is not None and error.kind == ErrorKind.OPTED_OUT:
-            await _provider_opt_out(tx, message)
-    return row is not None
+    opted_out: set[UUID] = set()
+    for r in receipts:
+        error = callback_error(r.update) if r.update.provider == "twilio" else None
+        mid = r.message["id"]
+        if (error is not None and error.kind == ErrorKind.OPTED_OUT and mid not in opted_out
+                and (mid, r.update.event_key) in fresh):
+            opted_out.add(mid)
+            await _provider_opt_out(tx, r.message)
+    return moved
 
 
-async def _provider_opt_out(tx: Any, message: Row) -> None:
+async def do_apply_status(hub: Hub, message: Row, update: StatusUpdate) -> bool:
+    """Record one provider receipt and move the message forward if it is news. Returns
+    whether the status moved. Idempotent: an event key seen before changes nothing."""
+    async with hub.transaction() as tx:
+        moved = await apply_receipts(tx, [Receipt(message, update)])
+    return bool(moved)
+
+
+async def _provider_opt_out(tx: Tx, message: Row) -> None:
     """Twilio 21610: the carrier has this number opted out of the sender; stop trying."""
     sa_id, address = message["sub_account_id"], message["to_address"]
     await lock_address(tx, sa_id, "sms", address)
@@ -164,3 +240,96 @@ async def _contact(tx: Any, sa_id: UUID, phone: str) -> Row:
         return (await contact_store.find_by_keys(tx.conn, sa_id, phone, None))[0]
     tx.emit(sa_id, "contact.created", created)
     return created
+
+
+# --- inbox rows of the other kinds (hub/inbox.py applies status callbacks in batches) ------
+
+PUBLIC_KEY = "event_webhook_public_key"  # provider_accounts.config key for SendGrid
+
+
+def as_uuid(value: str | None) -> UUID | None:
+    try:
+        return UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+async def apply_inbound(hub: Hub, conn: asyncpg.Connection, row: Row
+                         ) -> tuple[Finished, list[Row]]:
+    inbound = parse_inbound(row["payload"]["form"])
+    if inbound.from_.startswith("whatsapp:") or inbound.to.startswith("whatsapp:"):
+        return Finished(row["id"], "ignored", "WhatsApp is not a channel of the hub"), []
+    senders = await store.inbound_senders(conn, inbound.account_id or "", [inbound.to],
+                                          inbound.messaging_service_id, row["sub_account_id"])
+    sa = await tenants.get_sub_account(conn, row["sub_account_id"])
+    if not senders or sa is None:
+        return Finished(row["id"], "ignored", "the sender is gone"), []
+    try:
+        phone = normalize_phone(inbound.from_, sa["default_region"], field="From")
+    except ValidationFailed:
+        return Finished(row["id"], "ignored", "From is not a phone number the hub can answer"), []
+    received = await do_receive_message(hub, sa, senders[0], inbound, phone)
+    return Finished(row["id"], "applied", None if received.message else "duplicate message",
+                    sa["id"]), received.replies
+
+
+async def apply_sendgrid(hub: Hub, conn: asyncpg.Connection, row: Row,
+                         orphan_retry_at: datetime | None) -> Finished:
+    account = await store.provider_account(conn, row["provider_account_id"]) \
+        if row["provider_account_id"] else None
+    if account is None:
+        return Finished(row["id"], "ignored", "the SendGrid account is gone")
+    event = row["payload"]
+    sa_id: UUID = row["sub_account_id"]
+    status = "applied"
+    error = None
+    retry = None
+    for item in sendgrid.parse_events(json.dumps(event).encode()):
+        if isinstance(item, StatusUpdate):
+            message = await store.callback_message(
+                conn, as_uuid(item.message_id), "sendgrid", item.provider_message_id or None,
+                str(event.get("email") or "") or None)
+            if message is None:
+                named = item.message_id or item.provider_message_id
+                status, error = ("orphan", "no message with this id yet") if named else (
+                    "ignored", "the event names no message")
+                retry = orphan_retry_at if named else None
+            elif not _same_signer(message, account):
+                return Finished(row["id"], "ignored",
+                                "the message belongs to another SendGrid account")
+            else:
+                sa_id = message["sub_account_id"]
+                await do_apply_status(hub, message, item)
+        elif isinstance(item, SuppressionEvent):
+            await _suppress_email(hub, conn, sa_id, item)
+    return Finished(row["id"], status, error, sa_id, retry)
+
+
+def _same_signer(message: Row, account: Row) -> bool:
+    if message["provider"] != "sendgrid":
+        return False
+    if message["provider_account_id"] == account["id"]:
+        return True
+    key = (message["config"] or {}).get(PUBLIC_KEY)
+    return bool(key) and key == account["config"].get(PUBLIC_KEY)
+
+
+_SUPPRESSION_SOURCE = {"bounce": "bounce", "dropped": "bounce", "spamreport": "spamreport"}
+
+
+async def _suppress_email(hub: Hub, conn: asyncpg.Connection, sa_id: UUID,
+                          event: SuppressionEvent) -> None:
+    if event.message_id:  # the message's sub-account, if SendGrid is shared
+        owner = await conn.fetchval("SELECT sub_account_id FROM messages WHERE id = $1",
+                                    as_uuid(event.message_id))
+        sa_id = owner or sa_id
+    sa = await tenants.get_sub_account(conn, sa_id)
+    if sa is None or not event.address:
+        return
+    try:
+        await do_opt_out(hub, sa, "email", event.address, reason=f"sendgrid {event.reason}",
+                         source=_SUPPRESSION_SOURCE.get(event.reason, "opt_out"),
+                         actor="sendgrid")
+    except HubError:
+        log.info("sendgrid suppression for an address the hub cannot use; skipped",
+                 extra={"sub_account_id": str(sa_id), "reason": event.reason})

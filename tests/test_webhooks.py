@@ -11,6 +11,7 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -20,12 +21,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twilio.request_validator import RequestValidator
 
+from channels.base import StatusUpdate
 from channels.sandbox_callbacks import EventSigner
 from channels.sendgrid import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event_signature
 from channels.twilio_sms import verify_signature
 from config.settings import Settings
 from hub.context import Hub
+from hub.status import ACCEPTED, Status, can_transition, rank
 from hub.store.sending import record_accepted
+from hub.webhook_actions import Receipt, plan_merges
 from tests.conftest import REFERENCE, Tenant, assert_problem, auth
 from tests.test_realtime import Feed
 from tests.test_sending import carrier, carrier_log, wait_for
@@ -347,6 +351,102 @@ async def test_every_arrival_order_with_duplicates_ends_the_same(
         """SELECT data->>'id' AS id, count(*) AS n FROM events
            WHERE type = 'message.status_updated' GROUP BY 1""")
     assert len(moved) == 120 and all(1 <= r["n"] <= 5 for r in moved)
+
+
+def test_a_batch_of_receipts_ends_where_one_at_a_time_does() -> None:
+    """The set-based merge (hub/webhook_actions.plan_merges) against the forward-only rule
+    applied receipt by receipt (hub/status.can_transition), for every order of every subset
+    of receipts, from every status a message can be in when they arrive: the same final
+    status in any order, and exactly the one-by-one outcome in lifecycle order."""
+    receipts = [(Status(s), RECEIPTS[s] or None) for s in RECEIPTS]
+    mid = uuid.uuid4()
+
+    def one_by_one(start: Status, order: Sequence[tuple[Status, str | None]]
+                   ) -> tuple[Status, str | None, bool]:
+        current, code, left = start, None, False
+        for status, error in order:
+            if can_transition(current, status):
+                current, code = status, error
+                left = left or status in ACCEPTED
+        return current, code, left
+
+    for start in (Status.SENDING, Status.SENT, Status.FAILED, Status.DELIVERED,
+                  Status.CANCELED):
+        for n in range(1, len(receipts) + 1):
+            for order in itertools.permutations(receipts, n):
+                batch = [Receipt({"id": mid, "status": start.value}, StatusUpdate(
+                    "twilio", "SM1", status, status.value, error_code=error,
+                    event_key=f"SM1:{status.value}")) for status, error in order]
+                plan = plan_merges(batch, {(mid, r.update.event_key) for r in batch})
+                final = Status(plan[0].status) if plan else start
+                assert final == one_by_one(start, order)[0], (start, order)
+                ordered = sorted(order, key=lambda x: rank(x[0]))
+                expected = one_by_one(start, ordered)
+                if plan:
+                    assert (final, plan[0].error_code, plan[0].left) == expected
+                else:
+                    assert expected[0] == start
+
+
+async def test_concurrent_receipts_for_the_same_messages_in_one_batch(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, settings: Settings
+) -> None:
+    """All five receipts of each message, and Twilio's retries of two of them, posted at
+    once: they share inbox inserts and apply batches, and still end as one at a time."""
+    pa = await add_provider(api, tenant, tenant.sa1, tenant.sa1_key)
+    mids = [await insert_message(hub, tenant.sa1, pa, status="sending",
+                                 provider_message_id=f"SMc{i:031x}") for i in range(40)]
+
+    async def post(i: int, status: str) -> None:
+        body = urlencode({"MessageSid": f"SMc{i:031x}", "MessageStatus": status,
+                          "ErrorCode": RECEIPTS[status], "AccountSid": "acctid"})
+        r = await post_twilio(api, settings, STATUS, body, query=f"message_id={mids[i]}")
+        assert r.status_code == 204, r.text
+
+    await asyncio.gather(*(post(i, s) for i in range(len(mids))
+                           for s in [*RECEIPTS, "sent", "undelivered"]))
+    await settled(hub)
+    rows = await hub.pool.fetch(
+        """SELECT m.status, m.error_code, m.sent_at IS NOT NULL AS s,
+                  m.delivered_at IS NOT NULL AS d, m.read_at IS NOT NULL AS r,
+                  m.failed_at IS NULL AS not_failed,
+                  (SELECT count(*) FROM message_events e WHERE e.message_id = m.id) AS n
+           FROM messages m""")
+    assert {tuple(r.values()) for r in rows} == {("read", None, True, True, True, True, 5)}
+    assert await hub.pool.fetchval("SELECT count(*) FROM webhook_events") == 40 * 5
+    assert not await hub.pool.fetchval(
+        "SELECT count(*) FROM webhook_events WHERE status <> 'applied'")
+
+
+async def test_a_rotated_token_is_refused_at_once_and_the_new_one_accepted(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, settings: Settings
+) -> None:
+    """Provider accounts are cached on the webhook path; a token change still takes effect
+    with the next callback, and the old token's signature writes nothing."""
+    pa = await add_provider(api, tenant, tenant.sa1, tenant.sa1_key)
+    mids = [await insert_message(hub, tenant.sa1, pa, provider_message_id=f"SMr{i:031x}")
+            for i in range(3)]
+
+    def body(i: int) -> str:
+        return urlencode({"MessageSid": f"SMr{i:031x}", "MessageStatus": "delivered",
+                          "AccountSid": "acctid"})
+
+    r = await post_twilio(api, settings, STATUS, body(0), query=f"message_id={mids[0]}")
+    assert r.status_code == 204  # the account is cached now
+    await settled(hub)
+    r = await api.patch(f"/v1/sub-accounts/{tenant.sa1}/providers/{pa}",
+                        headers=auth(tenant.sa1_key), json={"secret": "rotated-token"})
+    assert r.status_code == 200, r.text
+    before = await counts(hub)
+    assert_problem(await post_twilio(api, settings, STATUS, body(1),
+                                     query=f"message_id={mids[1]}"), 403)
+    assert await counts(hub) == before
+    r = await post_twilio(api, settings, STATUS, body(2), token="rotated-token",
+                          query=f"message_id={mids[2]}")
+    assert r.status_code == 204, r.text
+    await settled(hub)
+    assert [(await message(hub, m))["status"] for m in mids] == ["delivered", "sent",
+                                                                  "delivered"]
 
 
 async def test_receipt_before_the_send_acknowledgement(

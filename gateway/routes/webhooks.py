@@ -2,8 +2,9 @@
 signed Event Webhook. No API key: the provider's signature is the authentication.
 
 Each request verifies the signature on the raw body, stores the event in the durable inbox
-(hub/inbox.py) and answers 2xx at once; a background job applies it. A sweeper started
-with the app applies whatever a crash or restart left pending and retries orphans.
+(hub/inbox.py: concurrent requests share one INSERT) and answers 2xx once it is committed;
+the inbox's applier, started with the app, applies events in batches, and also whatever a
+crash or restart left pending, and retries orphans.
 
 SendGrid: configure the Event Webhook URL as
 `{public_url}/v1/providers/sendgrid/events?account=<provider account id>` and store the
@@ -24,7 +25,6 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from channels.sendgrid import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from channels.twilio_sms import InvalidCallback
 from hub import inbox
-from hub.context import Hub
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 TWILIO_SIGNATURE = "X-Twilio-Signature"
@@ -45,31 +45,19 @@ async def hand_off(app: FastAPI, messages: list[dict[str, Any]]) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    hub: Hub = app.state.hub
-
     async def hand_to_app(messages: list[dict[str, Any]]) -> None:
         await hand_off(app, messages)
 
-    app.state.jobs.spawn(inbox.sweep(hub, hand_to_app))  # cancelled with the other jobs
+    app.state.inbox = box = inbox.Inbox(app.state.hub, hand_to_app)
+    app.state.jobs.spawn(box.run())  # cancelled with the other jobs
     yield
 
 
 router = APIRouter(prefix="/v1/providers", tags=["provider webhooks"], lifespan=_lifespan)
 
 
-def _apply_soon(request: Request, ids: list[int]) -> None:
-    if not ids:
-        return
-    app = request.app
-
-    async def hand_to_app(messages: list[dict[str, Any]]) -> None:
-        await hand_off(app, messages)
-
-    app.state.jobs.spawn(inbox.apply_many(app.state.hub, ids, hand_to_app))
-
-
 async def _twilio(request: Request, kind: str) -> None:
-    hub: Hub = request.app.state.hub
+    box: inbox.Inbox = request.app.state.inbox
     body = await request.body()
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
@@ -78,13 +66,11 @@ async def _twilio(request: Request, kind: str) -> None:
     # Twilio signs the URL it was configured with, so check against our public URL, never
     # the Host header a proxy hands us; the query string is kept byte for byte.
     query = request.scope.get("query_string", b"").decode("latin-1")
-    url = hub.settings.base_url + request.url.path + (f"?{query}" if query else "")
+    url = box.hub.settings.base_url + request.scope["path"] + (f"?{query}" if query else "")
     try:
-        event_id = await inbox.receive_twilio(hub, kind, url, pairs,
-                                              request.headers.get(TWILIO_SIGNATURE))
+        await box.receive_twilio(kind, url, pairs, request.headers.get(TWILIO_SIGNATURE))
     except InvalidCallback as exc:
         raise HTTPException(400, str(exc)) from None
-    _apply_soon(request, [event_id] if event_id is not None else [])
 
 
 @router.post("/twilio/sms/inbound", response_class=Response, status_code=200,
@@ -114,9 +100,8 @@ async def twilio_voice_status(request: Request) -> Response:
 async def sendgrid_events(request: Request, account: str | None = None) -> Response:
     """A SendGrid Event Webhook batch, ECDSA-signed; `account` is the provider account id
     the webhook URL was configured with. Signatures older than 10 minutes are refused."""
-    hub: Hub = request.app.state.hub
-    ids = await inbox.receive_sendgrid(hub, account, await request.body(),
-                                       request.headers.get(SIGNATURE_HEADER),
-                                       request.headers.get(TIMESTAMP_HEADER))
-    _apply_soon(request, ids)
+    box: inbox.Inbox = request.app.state.inbox
+    await box.receive_sendgrid(account, await request.body(),
+                               request.headers.get(SIGNATURE_HEADER),
+                               request.headers.get(TIMESTAMP_HEADER))
     return Response(status_code=204)

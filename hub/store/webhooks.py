@@ -1,8 +1,11 @@
 """SQL for provider webhooks: finding the account, message and sender a callback names, the
-durable inbox (insert, claim, finish, the sweeper's queue) and the status merge itself."""
+durable inbox (a verified batch inserted in one statement, claim, finish, the sweeper's
+queue) and the set-based status merge."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -17,7 +20,12 @@ Row = dict[str, Any]
 
 INBOX_COLS = ("id, provider, kind, sub_account_id, provider_account_id, event_key, payload, "
               "received_at, status, attempts, next_attempt_at, applied_at, error")
-_ACCOUNT_COLS = "p.id, p.sub_account_id, p.provider, p.account_id, p.secret_encrypted, p.config"
+_ACCOUNT_COLS = ("p.id, p.sub_account_id, p.provider, p.account_id, p.secret_encrypted, "
+                 "p.config, p.updated_at")
+_CALLBACK_COLS = """m.id, m.sub_account_id, m.conversation_id, m.contact_id, m.channel,
+                    m.priority, m.status, m.to_address, m.provider_message_id,
+                    m.provider_account_id, p.provider, p.account_id, p.secret_encrypted,
+                    p.config"""
 
 
 # --- who a callback is for ---------------------------------------------------------------
@@ -44,21 +52,36 @@ async def callback_message(conn: Conn, message_id: UUID | None, provider: str,
                            to_address: str | None = None) -> Row | None:
     """The message a status callback names (our id first, else the provider's, narrowed to
     a recipient when the provider id covers a batch), with the provider account that sent
-    it."""
-    if message_id is None and not provider_message_id:
+    it. Two queries rather than one CASE, so that each is planned on its own index."""
+    if message_id is not None:
+        row = await conn.fetchrow(
+            f"""SELECT {_CALLBACK_COLS} FROM messages m
+                LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
+                WHERE m.id = $1""", message_id)
+    elif provider_message_id:
+        row = await conn.fetchrow(
+            f"""SELECT {_CALLBACK_COLS} FROM messages m
+                LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
+                WHERE m.provider = $1 AND m.provider_message_id = $2
+                  AND ($3::text IS NULL OR lower(m.to_address) = lower($3))
+                LIMIT 1""", provider, provider_message_id, to_address)
+    else:
         return None
-    row = await conn.fetchrow(
-        """SELECT m.id, m.sub_account_id, m.conversation_id, m.contact_id, m.channel,
-                  m.priority, m.status, m.to_address, m.provider_message_id,
-                  m.provider_account_id, p.provider, p.account_id, p.secret_encrypted,
-                  p.config
-           FROM messages m LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
-           WHERE CASE WHEN $1::uuid IS NOT NULL THEN m.id = $1
-                      ELSE m.provider = $2 AND m.provider_message_id = $3
-                           AND ($4::text IS NULL OR lower(m.to_address) = lower($4)) END
-           LIMIT 1""",
-        message_id, provider, provider_message_id, to_address)
     return dict(row) if row else None
+
+
+async def callback_messages(conn: asyncpg.Connection, message_ids: Sequence[UUID],
+                            provider: str, provider_message_ids: Sequence[str]) -> list[Row]:
+    """The messages a batch of status callbacks names (by our id or the provider's), locked
+    in id order so that concurrent batches never deadlock on each other."""
+    rows = await conn.fetch(
+        f"""SELECT {_CALLBACK_COLS} FROM messages m
+            LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
+            WHERE m.id = ANY($1::uuid[])
+               OR (m.provider = $2 AND m.provider_message_id = ANY($3::text[]))
+            ORDER BY m.id FOR UPDATE OF m""",
+        list(message_ids), provider, list(provider_message_ids))
+    return [dict(r) for r in rows]
 
 
 async def inbound_senders(conn: Conn, account_sid: str, addresses: list[str],
@@ -83,52 +106,149 @@ async def inbound_senders(conn: Conn, account_sid: str, addresses: list[str],
 # --- the inbox ----------------------------------------------------------------------------
 
 
-async def insert_events(conn: Conn, rows: list[Row], first_attempt_s: float) -> list[int]:
-    """Store verified events; duplicates (same provider, kind and key) are dropped. Returns
-    the ids of the rows this call inserted."""
-    if not rows:
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A provider event whose signature checked out with the token of each account in
+    `signers` (as (id, updated_at) of the version that was used), in preference order."""
+
+    provider: str
+    kind: str
+    key: str  # the provider's event key; stored prefixed with the signing account's id
+    payload: Any
+    signers: tuple[tuple[UUID, datetime], ...]
+    sub_account_id: UUID | None = None
+    message_id: UUID | None = None  # a status callback: the message it names, if any
+    provider_message_id: str | None = None
+
+
+_INSERT_VERIFIED = """
+WITH u AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::uuid[], $5::text[],
+                         $6::jsonb[], $7::uuid[], $8::text[])
+        AS u(ord, provider, kind, sa, key, payload, mid, pmid)),
+v AS (SELECT * FROM unnest($9::int[], $10::int[], $11::uuid[], $12::timestamptz[])
+          AS v(ord, pos, pa, version)),
+found AS (
+    SELECT u.ord, m.sub_account_id AS sa, m.provider_account_id AS pa
+    FROM u JOIN messages m ON m.id = u.mid
+    UNION ALL
+    (SELECT DISTINCT ON (u.ord) u.ord, m.sub_account_id, m.provider_account_id
+     FROM u JOIN messages m ON m.provider = u.provider AND m.provider_message_id = u.pmid
+     WHERE u.mid IS NULL ORDER BY u.ord, m.created_at, m.id)),
+ok AS (
+    SELECT u.ord, u.provider, u.kind, coalesce(f.sa, u.sa) AS sa, c.pa,
+           c.pa::text || ':' || u.key AS key, u.payload
+    FROM u LEFT JOIN found f ON f.ord = u.ord
+    JOIN LATERAL (SELECT v.pa, v.version FROM v
+                  WHERE v.ord = u.ord AND CASE WHEN f.ord IS NULL THEN v.pos = 0
+                                               ELSE v.pa = f.pa END
+                  LIMIT 1) c ON true
+    JOIN provider_accounts p ON p.id = c.pa AND p.updated_at = c.version),
+ins AS (
+    INSERT INTO webhook_events (provider, kind, sub_account_id, provider_account_id,
+                                event_key, payload, next_attempt_at)
+    SELECT provider, kind, sa, pa, key, payload, now() + make_interval(secs => $13) FROM ok
+    ON CONFLICT (provider, kind, event_key) DO NOTHING
+    RETURNING id, provider, kind, event_key)
+SELECT u.ord, ok.ord IS NOT NULL AS accepted, ins.id
+FROM u LEFT JOIN ok ON ok.ord = u.ord
+LEFT JOIN ins ON ins.provider = ok.provider AND ins.kind = ok.kind AND ins.event_key = ok.key
+ORDER BY u.ord"""
+
+
+async def insert_verified(conn: Conn, events: Sequence[Verified],
+                          first_attempt_s: float) -> list[tuple[bool, int | None]]:
+    """Store verified events in one statement; per event (accepted, inbox id), the id None
+    for a duplicate (same provider, kind and key) of an event stored before.
+
+    Not accepted: a status callback for a message that none of its signers sent (another
+    tenant's signature on our message), or a signer that changed or was deleted since it
+    was read (the caller re-reads its accounts and tries once more)."""
+    if not events:
         return []
-    inserted = await conn.fetch(
-        """INSERT INTO webhook_events (provider, kind, sub_account_id, provider_account_id,
-                                       event_key, payload, next_attempt_at)
-           SELECT u.provider, u.kind, u.sa, u.pa, u.key, u.payload,
-                  now() + make_interval(secs => $7)
-           FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::text[],
-                       $6::jsonb[]) AS u(provider, kind, sa, pa, key, payload)
-           ON CONFLICT (provider, kind, event_key) DO NOTHING
-           RETURNING id""",
-        [r["provider"] for r in rows], [r["kind"] for r in rows],
-        [r.get("sub_account_id") for r in rows], [r.get("provider_account_id") for r in rows],
-        [r["event_key"] for r in rows], [r["payload"] for r in rows], first_attempt_s)
-    return [r["id"] for r in inserted]
+    v_ord, v_pos, v_pa, v_version = [], [], [], []
+    for i, e in enumerate(events):
+        for pos, (pa, version) in enumerate(e.signers):
+            v_ord.append(i)
+            v_pos.append(pos)
+            v_pa.append(pa)
+            v_version.append(version)
+    rows = await conn.fetch(
+        _INSERT_VERIFIED, list(range(len(events))), [e.provider for e in events],
+        [e.kind for e in events], [e.sub_account_id for e in events],
+        [e.key for e in events], [e.payload for e in events],
+        [e.message_id for e in events], [e.provider_message_id for e in events],
+        v_ord, v_pos, v_pa, v_version, first_attempt_s)
+    return [(r["accepted"], r["id"]) for r in rows]
 
 
 async def claim(conn: asyncpg.Connection, id_: int) -> Row | None:
     """Lock one unapplied inbox row for this transaction; None if it is done or another
     worker holds it."""
-    row = await conn.fetchrow(
+    rows = await claim_many(conn, [id_])
+    return rows[0] if rows else None
+
+
+async def claim_many(conn: asyncpg.Connection, ids: Sequence[int]) -> list[Row]:
+    """Lock the unapplied ones of these inbox rows for this transaction (skipping those
+    another worker holds)."""
+    rows = await conn.fetch(
         f"""SELECT {INBOX_COLS} FROM webhook_events
-            WHERE id = $1 AND status IN ('pending', 'orphan') FOR UPDATE SKIP LOCKED""", id_)
-    return dict(row) if row else None
+            WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'orphan')
+            ORDER BY id FOR UPDATE SKIP LOCKED""", list(ids))
+    return [dict(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    id: int
+    status: str  # applied | orphan | ignored
+    error: str | None = None
+    sub_account_id: UUID | None = None
+    next_attempt_at: datetime | None = None
 
 
 async def finish(conn: Conn, id_: int, status: str, *, error: str | None = None,
                  sub_account_id: UUID | None = None,
                  next_attempt_at: datetime | None = None) -> None:
+    await finish_many(conn, [Finished(id_, status, error, sub_account_id, next_attempt_at)])
+
+
+async def finish_many(conn: Conn, done: Sequence[Finished]) -> None:
+    if not done:
+        return
     await conn.execute(
-        """UPDATE webhook_events SET status = $2, error = $3, attempts = attempts + 1,
-                  sub_account_id = coalesce($4, sub_account_id), next_attempt_at = $5,
-                  applied_at = CASE WHEN $2 IN ('applied', 'ignored') THEN now() END
-           WHERE id = $1""",
-        id_, status, error, sub_account_id, next_attempt_at)
+        """UPDATE webhook_events w SET status = u.status, error = u.error,
+                  attempts = w.attempts + 1,
+                  sub_account_id = coalesce(u.sa, w.sub_account_id),
+                  next_attempt_at = u.next_at,
+                  applied_at = CASE WHEN u.status IN ('applied', 'ignored') THEN now() END
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[])
+               AS u(id, status, error, sa, next_at)
+           WHERE w.id = u.id""",
+        [d.id for d in done], [d.status for d in done], [d.error for d in done],
+        [d.sub_account_id for d in done], [d.next_attempt_at for d in done])
 
 
-async def due(conn: Conn, limit: int) -> list[int]:
+async def failed(conn: Conn, id_: int, error: str, max_delay_s: float,
+                 max_failures: int) -> None:
+    """An apply that raised: kept pending with back-off; after `max_failures` only a person
+    retries it."""
+    await conn.execute(
+        """UPDATE webhook_events SET attempts = attempts + 1, error = $2,
+                  next_attempt_at = CASE WHEN attempts + 1 >= $4 THEN NULL ELSE
+                      now() + make_interval(secs => least(2 ^ attempts, $3)) END
+           WHERE id = $1 AND status IN ('pending', 'orphan')""",
+        id_, error, max_delay_s, max_failures)
+
+
+async def due(conn: Conn, limit: int) -> list[tuple[int, str]]:
+    """(id, kind) of the rows whose (re)try is due, oldest first."""
     rows = await conn.fetch(
-        """SELECT id FROM webhook_events
+        """SELECT id, kind FROM webhook_events
            WHERE status IN ('pending', 'orphan') AND next_attempt_at <= now()
            ORDER BY next_attempt_at LIMIT $1""", limit)
-    return [r["id"] for r in rows]
+    return [(r["id"], r["kind"]) for r in rows]
 
 
 async def prune(conn: Conn, keep_days: int) -> int:
@@ -141,46 +261,85 @@ async def prune(conn: Conn, keep_days: int) -> int:
 
 # --- the status merge ---------------------------------------------------------------------
 
-_NEW_RANK = sql_rank_case("$2::text")
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """A provider receipt for one message, as recorded in its history."""
+
+    message_id: UUID
+    sub_account_id: UUID
+    status: str
+    provider_status: str
+    error_code: str | None
+    event_key: str
+    occurred_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Where one message moves: its highest new status, that receipt's error code, the
+    provider's id if we had none, and whether a receipt says it left (sets sent_at)."""
+
+    message_id: UUID
+    status: str
+    error_code: str | None
+    provider_message_id: str | None
+    left: bool
+
+
+async def record_status_events(conn: asyncpg.Connection, events: Sequence[StatusEvent]
+                               ) -> set[tuple[UUID, str]]:
+    """The receipts in their messages' history; returns the (message id, event key) of
+    those not recorded before."""
+    if not events:
+        return set()
+    rows = await conn.fetch(
+        """INSERT INTO message_events (message_id, sub_account_id, status, provider_status,
+                                       error_code, event_key, occurred_at)
+           SELECT u.mid, u.sa, u.status, u.pstatus, u.code, u.key, coalesce(u.at, now())
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::timestamptz[]) AS u(mid, sa, status, pstatus, code, key, at)
+           ON CONFLICT (message_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
+           RETURNING message_id, event_key""",
+        [e.message_id for e in events], [e.sub_account_id for e in events],
+        [e.status for e in events], [e.provider_status for e in events],
+        [e.error_code for e in events], [e.event_key for e in events],
+        [e.occurred_at for e in events])
+    return {(r["message_id"], r["event_key"]) for r in rows}
+
+
 _NO_MOVE = [Status.CANCELED.value, Status.RECEIVED.value]
 
 
-async def record_status_event(conn: asyncpg.Connection, message: Row, status: str,
-                              provider_status: str, error_code: str | None, event_key: str,
-                              occurred_at: datetime | None) -> bool:
-    """The callback in the message's history; False when this event was recorded before."""
-    inserted = await conn.fetchval(
-        """INSERT INTO message_events (message_id, sub_account_id, status, provider_status,
-                                       error_code, event_key, occurred_at)
-           VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
-           ON CONFLICT (message_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
-           RETURNING id""",
-        message["id"], message["sub_account_id"], status, provider_status, error_code,
-        event_key, occurred_at)
-    return inserted is not None
-
-
-async def merge_status(conn: asyncpg.Connection, message_id: UUID, status: str,
-                       error_code: str | None, provider_message_id: str | None) -> Row | None:
-    """Move the message to `status` if that is forward (rank(new) > rank(current)); the
-    updated message, or None when it did not move. Read implies delivered; a positive
+async def merge_statuses(conn: asyncpg.Connection, merges: Sequence[Merge]) -> list[Row]:
+    """Move each message to its merge's status if that is forward (rank(new) >
+    rank(current)); returns the messages that moved. Read implies delivered; a positive
     receipt clears an earlier failure; any callback settles an in-doubt send."""
-    row = await conn.fetchrow(
-        f"""UPDATE messages SET status = $2::text,
-                  sent_at = CASE WHEN $2 IN ('sent', 'delivered', 'read', 'undelivered')
-                                 THEN coalesce(sent_at, now()) ELSE sent_at END,
-                  delivered_at = CASE WHEN $2 IN ('delivered', 'read')
-                                      THEN coalesce(delivered_at, now()) ELSE delivered_at END,
-                  read_at = CASE WHEN $2 = 'read' THEN coalesce(read_at, now()) ELSE read_at END,
-                  failed_at = CASE WHEN $2 IN ('failed', 'undelivered')
-                                   THEN coalesce(failed_at, now())
-                                   WHEN $2 IN ('delivered', 'read') THEN NULL
-                                   ELSE failed_at END,
-                  error_code = $3, in_doubt = false,
-                  provider_message_id = coalesce(provider_message_id, $4),
+    if not merges:
+        return []
+    cols = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLS.split(","))
+    rows = await conn.fetch(
+        f"""UPDATE messages m SET status = u.new_status,
+                  sent_at = CASE WHEN u.left_ THEN coalesce(m.sent_at, now())
+                                 ELSE m.sent_at END,
+                  delivered_at = CASE WHEN u.new_status IN ('delivered', 'read')
+                                      THEN coalesce(m.delivered_at, now())
+                                      ELSE m.delivered_at END,
+                  read_at = CASE WHEN u.new_status = 'read' THEN coalesce(m.read_at, now())
+                                 ELSE m.read_at END,
+                  failed_at = CASE WHEN u.new_status IN ('failed', 'undelivered')
+                                   THEN coalesce(m.failed_at, now())
+                                   WHEN u.new_status IN ('delivered', 'read') THEN NULL
+                                   ELSE m.failed_at END,
+                  error_code = u.new_code, in_doubt = false,
+                  provider_message_id = coalesce(m.provider_message_id, u.new_pmid),
                   updated_at = now()
-            WHERE id = $1 AND {_NEW_RANK} > {sql_rank_case('status')}
-              AND NOT (status = ANY($5::text[])) AND NOT ($2 = ANY($5::text[]))
-            RETURNING {MESSAGE_COLS}""",
-        message_id, status, error_code, provider_message_id, _NO_MOVE)
-    return dict(row) if row else None
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[])
+                AS u(mid, new_status, new_code, new_pmid, left_)
+            WHERE m.id = u.mid AND {sql_rank_case('u.new_status')} > {sql_rank_case('m.status')}
+              AND NOT (m.status = ANY($6::text[])) AND NOT (u.new_status = ANY($6::text[]))
+            RETURNING {cols}""",
+        [g.message_id for g in merges], [g.status for g in merges],
+        [g.error_code for g in merges], [g.provider_message_id for g in merges],
+        [g.left for g in merges], _NO_MOVE)
+    return [dict(r) for r in rows]
