@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = 24
     page_limit_default: int = 50
     page_limit_max: int = 500
+    #: How long a login session lasts; the cookie is Secure when `public_url` is https.
+    session_ttl_hours: float = Field(12.0, gt=0, le=24 * 30)
     log_level: str = "INFO"
     log_json: bool = False
 

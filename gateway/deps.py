@@ -8,6 +8,7 @@ from uuid import UUID
 
 from fastapi import Depends, Header, Path, Query, Request
 
+from gateway import sessions
 from hub.context import Hub
 from hub.pagination import Cursor, decode_cursor
 from hub.tenancy import Principal, authenticate, sub_account_for
@@ -23,8 +24,13 @@ HubDep = Annotated[Hub, Depends(get_hub)]
 
 async def get_principal(
     hub: HubDep,
+    request: Request,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
+    """An API key when `Authorization` is sent (machines); else the pages' session cookie,
+    with CSRF and the user's role checked for this route (gateway/sessions.py)."""
+    if authorization is None and sessions.COOKIE in request.cookies:
+        return await sessions.principal(request)
     return await authenticate(hub.pool, authorization)
 
 

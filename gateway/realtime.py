@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from redis.asyncio.client import PubSub
 
 from gateway import feed as proto
+from gateway import sessions
 from gateway.deps import HubDep, PrincipalDep
 from gateway.feed import CloseCode, Cursor, FeedConfig, LiveEvent, Step
 from gateway.schemas import Input
@@ -117,19 +118,25 @@ async def create_ticket(
 
 
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket, ticket: str | None = None) -> None:
+async def realtime(websocket: WebSocket, ticket: str | None = None,
+                   sub_account: str | None = None) -> None:
     # Accept first and close with a code: browsers see 4001, not a failed handshake.
     await websocket.accept()
     feed: FeedHub = websocket.app.state.feed
     try:
-        sub_account_id = await redeem_ticket(feed.hub, ticket)
+        if ticket is None and sub_account is not None:
+            # The pages: the login session's cookie, only from the hub's own Origin.
+            sub_account_id = await sessions.websocket_sub_account(websocket, sub_account)
+        else:
+            sub_account_id = await redeem_ticket(feed.hub, ticket)
     except Exception:
         log.warning("realtime ticket check failed", exc_info=True)
         await _close(websocket, CloseCode.INTERNAL, "try again", feed.config)
         return
     if sub_account_id is None:
         await _close(websocket, CloseCode.UNAUTHORIZED,
-                     "ticket missing, invalid, expired or already used", feed.config)
+                     "ticket missing, invalid, expired or already used (or, with a session, "
+                     "a sub-account not granted or a foreign Origin)", feed.config)
         return
     await Session(websocket, feed, sub_account_id).run()
 
@@ -170,12 +177,25 @@ class Session:
         self._controls: deque[proto.Subscribe | proto.Unsubscribe] = deque()
         self._check = False
         self._wake = asyncio.Event()
+        self._pump_idle = False  # the pump waits for work: push_live may deliver itself
+        self._failed: _Close | None = None  # a close decided outside the pump's task
         self._loop = asyncio.get_running_loop()
         self.liveness = proto.Liveness.start(self._loop.time(), self.cfg.heartbeat_s)
         self.strikes = proto.Strikes(self.cfg.max_bad_frames)
 
     # Called by the FeedHub; never blocks.
     def push_live(self, event: LiveEvent) -> None:
+        if (self._pump_idle and self.cursor is not None and self._failed is None
+                and not (self._live or self._controls or self._check)
+                and self.cursor.classify(event.seq) is Step.NEXT):
+            # The common case, done here rather than by waking the pump: the pump has
+            # nothing queued, so delivering now keeps the order it would give.
+            try:
+                self._deliver(event, live=True)
+            except _Close as c:
+                self._failed = c
+                self._wake.set()
+            return
         if len(self._live) >= self.cfg.out_queue_max:
             self._check = True  # dropped here, read back from the log by the pump
         else:
@@ -303,8 +323,14 @@ class Session:
 
     async def _pump(self) -> None:
         while True:
-            await self._wake.wait()
+            self._pump_idle = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._pump_idle = False
             self._wake.clear()
+            if self._failed is not None:
+                raise self._failed
             while self._controls:
                 await self._control(self._controls.popleft())
             if self.cursor is None:  # not subscribed yet: `since` will read the log

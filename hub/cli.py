@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+import uvloop
 from rich.console import Console
 
 from config.logging import setup_logging
@@ -98,7 +99,7 @@ def serve() -> None:
         raise typer.Exit(1)
     services = _services(settings)
     try:
-        asyncio.run(_serve(settings, services))
+        uvloop.run(_serve(settings, services))  # uvicorn's own loop choice is skipped here
     finally:
         services.stop()
 
@@ -118,7 +119,7 @@ def demo(
         raise typer.Exit(1)
     services = _services(settings)
     try:
-        asyncio.run(run_demo(settings, services, console, exit_when_done))
+        uvloop.run(run_demo(settings, services, console, exit_when_done))
     except KeyboardInterrupt:
         pass
     finally:
@@ -155,6 +156,52 @@ def create_agency(name: str) -> None:
 
     try:
         print(json.dumps(asyncio.run(run())))
+    finally:
+        services.stop()
+
+
+@admin.command("create-user")
+def create_user(
+    email: str,
+    agency: Annotated[str, typer.Option(help="the agency id the user belongs to")],
+    grant: Annotated[list[str], typer.Option(
+        help="SUB_ACCOUNT_ID:ROLE with ROLE admin, marketer or agent (repeatable)")],
+    name: Annotated[str, typer.Option(help="display name")] = "",
+    password: Annotated[str, typer.Option(
+        prompt=True, hide_input=True, confirmation_prompt=True, envvar="HUB_NEW_PASSWORD",
+        help="at least 10 characters (prompted when not given)")] = "",
+) -> None:
+    """Create a user who signs in to the pages at /app, and print it as JSON."""
+    from uuid import UUID
+
+    from hub.context import Hub
+    from hub.errors import HubError
+    from hub.users import Role, do_create_user
+
+    try:
+        agency_id = UUID(agency)
+        grants = {UUID(g.split(":", 1)[0]): Role(g.split(":", 1)[1]) for g in grant}
+    except (ValueError, IndexError) as exc:
+        console.print("[red]--agency must be a UUID and each --grant SUB_ACCOUNT_ID:ROLE "
+                      "(admin, marketer or agent)[/red]")
+        raise typer.Exit(2) from exc
+    settings = _settings()
+    services = _services(settings)
+
+    async def run() -> dict[str, object]:
+        hub = await Hub.open(settings, services.database_url, services.redis_url)
+        try:
+            user = await do_create_user(hub, agency_id, email, password, name, grants)
+        finally:
+            await hub.close()
+        return {"user_id": str(user["id"]), "email": user["email"],
+                "grants": {str(k): v.value for k, v in grants.items()}}
+
+    try:
+        print(json.dumps(asyncio.run(run())))
+    except HubError as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from exc
     finally:
         services.stop()
 
@@ -265,6 +312,32 @@ def bench_campaign_cmd(
                      f"{r['reply_p99_ms']} ms, max {r['reply_max_ms']} ms")
     for line in lines:
         console.print(line, soft_wrap=True)
+    print(json.dumps(r))
+
+
+@bench.command("webhooks")
+def bench_webhooks_cmd(
+    callbacks: Annotated[int, typer.Option(help="timed signed status callbacks")] = 5_000,
+    concurrency: Annotated[int, typer.Option(help="requests in flight for ingest")] = 64,
+    clients: Annotated[int, typer.Option(help="WebSocket clients")] = 500,
+    rate: Annotated[float, typer.Option(help="callbacks per second, WebSocket run")] = 1000.0,
+    seconds: Annotated[float, typer.Option(help="length of the WebSocket run")] = 10.0,
+) -> None:
+    """Signed Twilio status callbacks ingested per second beside a bare FastAPI endpoint,
+    and webhook → WebSocket latency with many connected clients."""
+    from hub.bench_webhooks import BenchError, WebhookBench, report_table
+
+    settings = _settings()
+    plan = WebhookBench(callbacks=callbacks, concurrency=concurrency, clients=clients,
+                        rate=rate, seconds=seconds)
+    try:
+        r = plan.run(settings, console)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    console.print(report_table(r))
     print(json.dumps(r))
 
 

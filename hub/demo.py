@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from config.settings import Settings
-from hub import actions, imports
+from hub import actions, imports, users
 from hub.context import Hub
 from hub.crypto import hash_api_key
 from hub.embedded import Services
+from hub.errors import Conflict
 from hub.store import tenants
 from hub.tenancy import Principal
 
@@ -45,6 +46,11 @@ LAST = ["Smith", "Garcia", "Chen", "Okafor", "Muller", "Rossi", "Tanaka", "Singh
 US_AREAS = ["212", "312", "303", "213", "907", "808"]
 AU_ZONES = ["Australia/Sydney", "Australia/Perth", "Australia/Adelaide", ""]
 REPLIES = ["Thanks!", "What time do you open?", "STOP", "Yes please", "HELP"]
+#: One person per role for the pages at /app (a development-only password, printed).
+DEMO_PASSWORD = "switchboard-demo"
+DEMO_USERS = [("admin@demo.example", "Ada Admin", "admin", (0, 1)),
+              ("marketer@demo.example", "Max Marketer", "marketer", (0, 1)),
+              ("agent@demo.example", "Alex Agent", "agent", (0,))]
 
 
 def demo_csv(region: str, n: int, seed: int) -> bytes:
@@ -83,8 +89,10 @@ async def seed(hub: Hub, carrier_url: str, contacts_per_sub_account: int) -> str
     key_row = await tenants.find_api_key(hub.pool, hash_api_key(key))
     assert key_row is not None
     principal = Principal(key_row["id"], agency["id"], None)
+    sub_accounts = []
     for n, spec in enumerate(SUB_ACCOUNTS):
         sa = await actions.do_create_sub_account(hub, principal, spec)
+        sub_accounts.append(sa["id"])
         twilio = await actions.do_create_provider_account(hub, sa["id"], {
             "provider": "twilio", "name": "Sandbox Twilio",
             "account_id": f"AC{n:032x}", "secret": f"demo-auth-token-{n}",
@@ -107,7 +115,15 @@ async def seed(hub: Hub, carrier_url: str, contacts_per_sub_account: int) -> str
             hub, sa["id"], "demo.csv", demo_csv(spec["default_region"], contacts_per_sub_account,
                                                 seed=n))
         await imports.run_import(hub, job["id"], sa["id"], sa["default_region"])
+    await seed_users(hub, agency["id"], sub_accounts)
     return key
+
+
+async def seed_users(hub: Hub, agency_id: Any, sub_accounts: list[Any]) -> None:
+    for email, name, role, which in DEMO_USERS:
+        with contextlib.suppress(Conflict):  # kept from an earlier demo run
+            await users.do_create_user(hub, agency_id, email, DEMO_PASSWORD, name,
+                                       {sub_accounts[i]: users.Role(role) for i in which})
 
 
 def _free_port(preferred: int) -> int:
@@ -229,6 +245,9 @@ async def run_demo(settings: Settings, services: Services, console: Console,
         console.print(f"  API docs:       {url}/docs")
         console.print(f"  sandbox carrier {carrier.url} (its log: {carrier.url}/sandbox/requests)")
         console.print(f"  agency API key: {key}")
+        console.print(f"  pages:          {url}/app — sign in as "
+                      + ", ".join(email for email, *_ in DEMO_USERS)
+                      + f" (password {DEMO_PASSWORD})", soft_wrap=True)
         console.print(f"  written to {path}")
         console.print(f"  try: curl -H 'Authorization: Bearer {key}' {url}/v1/sub-accounts",
                       soft_wrap=True)

@@ -1,4 +1,4 @@
-"""Conversations and messages (read side; sending arrives with the sender actors)."""
+"""Conversations and messages: the read side, assignment to an agent, marking read."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
 from gateway.deps import HubDep, PageDep, SubAccountDep
-from gateway.schemas import ConversationOut, MessageDetail, MessageOut, Page, StatusChange
+from gateway.schemas import (
+    ConversationOut,
+    Input,
+    MessageDetail,
+    MessageOut,
+    Page,
+    StatusChange,
+)
+from hub.conversations import do_assign_conversation, do_mark_read
 from hub.errors import NotFound
 from hub.pagination import make_page
 from hub.status import Status
@@ -41,6 +50,28 @@ async def get_conversation(hub: HubDep, sub_account: SubAccountDep,
     if row is None:
         raise NotFound("no such conversation", code="conversation_not_found")
     return ConversationOut(**row)
+
+
+class AssignmentIn(Input):
+    assignee: str | None = Field(None, max_length=200,
+                                 description="who handles the thread (a user id from the "
+                                             "pages, or your own id for the agent); null "
+                                             "unassigns")
+
+
+@router.put("/conversations/{conversation_id}/assignment", response_model=ConversationOut)
+async def assign_conversation(hub: HubDep, sub_account: SubAccountDep, conversation_id: UUID,
+                              body: AssignmentIn) -> ConversationOut:
+    """Assign the thread to an agent, or unassign it with `{"assignee": null}`."""
+    row = await do_assign_conversation(hub, sub_account["id"], conversation_id, body.assignee)
+    return ConversationOut(**row)
+
+
+@router.post("/conversations/{conversation_id}/read", response_model=ConversationOut)
+async def mark_conversation_read(hub: HubDep, sub_account: SubAccountDep,
+                                 conversation_id: UUID) -> ConversationOut:
+    """Clear the thread's unread count (an agent opened it)."""
+    return ConversationOut(**await do_mark_read(hub, sub_account["id"], conversation_id))
 
 
 @router.get("/conversations/{conversation_id}/messages", response_model=Page[MessageOut])

@@ -1,0 +1,150 @@
+"""The campaign console (marketers and admins): the list, the step-by-step form with its live
+audience count and content preview, the dry-run chart, and the live campaign view.
+
+Reads come straight from the hub; every change goes through the REST API from the browser
+(session cookie + CSRF header), so the API's rules and the role table apply to the pages."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from gateway.pages.charts import timeline_svg
+from gateway.pages.common import AccessDep, render, require
+from gateway.pages.explain import explain
+from hub import campaign_actions
+from hub.campaigns import TERMINAL, audience_sql, check_content, parse_audience
+from hub.context import Hub
+from hub.errors import HubError
+from hub.segments import count_segments
+from hub.store import audience as audience_store
+from hub.store import campaigns as campaign_store
+from hub.store import contacts as contact_store
+from hub.store import tenants
+from hub.users import Role
+
+router = APIRouter()
+MARKETING = (Role.ADMIN, Role.MARKETER)
+#: Outcome groups of the progress bar, in drawing order.
+OUTCOMES = [
+    ("delivered", ("delivered", "read"), "Delivered"),
+    ("sent", ("sent", "sending"), "Sent"),
+    ("failed", ("failed", "undelivered"), "Failed"),
+    ("skipped", ("skipped", "canceled"), "Skipped"),
+]
+Text = Annotated[str, Query(max_length=2000)]
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+def _tags(value: str) -> list[str]:
+    return [t.strip() for t in value.replace(";", ",").split(",") if t.strip()]
+
+
+@router.get("/sa/{sa}/campaigns")
+async def campaigns(request: Request, access: AccessDep) -> HTMLResponse:
+    require(access, *MARKETING)
+    rows = await campaign_store.list_page(_hub(request).pool, access.sa_id, None, None, 100)
+    return render(request, "campaigns.html", access=access, campaigns=rows[:100],
+                  section="campaigns")
+
+
+@router.get("/sa/{sa}/campaigns/new")
+async def new_campaign(request: Request, access: AccessDep) -> HTMLResponse:
+    require(access, *MARKETING)
+    hub = _hub(request)
+    senders = await tenants.list_senders(hub.pool, access.sa_id, None, None, 200)
+    tags = await audience_store.tags(hub.pool, access.sa_id)
+    return render(request, "campaign_new.html", access=access, senders=senders[:200],
+                  tags=tags, section="campaigns")
+
+
+@router.get("/sa/{sa}/campaigns/audience-count")
+async def audience_count(request: Request, access: AccessDep, channel: str = "sms",
+                         tags_any: Text = "", tags_all: Text = "",
+                         exclude_tags: Text = "") -> HTMLResponse:
+    """The live recipient count beside the audience step."""
+    require(access, *MARKETING)
+    spec: dict[str, Any] = {"tags_any": _tags(tags_any), "tags_all": _tags(tags_all),
+                            "exclude_tags": _tags(exclude_tags)}
+    spec = {k: v for k, v in spec.items() if v} or {"all_contacts": True}
+    try:
+        audience = parse_audience(spec)
+    except HubError as exc:
+        return HTMLResponse(f'<span class="error">{escape(exc.detail)}</span>')
+    where, args = audience_sql(audience, 1)
+    n = await audience_store.count(_hub(request).pool, access.sa_id, channel, where, args)
+    who = "everyone" if "all_contacts" in spec else "this audience"
+    return HTMLResponse(f'<strong data-testid="audience-count">{n:,}</strong> reachable '
+                        f'recipients in {who} on {escape(channel)} (opted-out contacts left out)')
+
+
+@router.get("/sa/{sa}/compose/check")
+async def compose_check(request: Request, access: AccessDep, body: Text = "",
+                        subject: Text = "", channel: str = "sms") -> HTMLResponse:
+    """Segment counter and merge-field preview with a real contact of the sub-account."""
+    rows = await contact_store.list_page(_hub(request).pool, access.sa_id, tag=None, q=None,
+                                         cursor=None, limit=1)
+    sample = rows[0] if rows else {}
+    variables = {"first_name": sample.get("first_name"), "last_name": sample.get("last_name"),
+                 "phone": sample.get("phone"), "email": sample.get("email"),
+                 "custom": sample.get("custom_fields") or {}}
+    try:
+        check = check_content(channel if channel in ("sms", "email") else "sms", body or " ",
+                              subject or " ", (), variables)
+    except HubError as exc:
+        return render(request, "_compose_check.html", error=exc.detail, check=None, info=None,
+                      sample=sample)
+    info = count_segments(check.body) if channel == "sms" else None
+    return render(request, "_compose_check.html", error="", check=check, info=info,
+                  sample=sample)
+
+
+@router.get("/sa/{sa}/campaigns/{campaign_id}")
+async def campaign(request: Request, access: AccessDep, campaign_id: UUID) -> HTMLResponse:
+    require(access, *MARKETING)
+    hub = _hub(request)
+    c = await campaign_actions.get_campaign(hub, access.sa_id, campaign_id)
+    dry = chart = None
+    if c["status"] == "draft":
+        dry = await campaign_actions.campaign_dry_run(hub, access.sub_account, campaign_id)
+        chart = timeline_svg(dry["timeline"], f"Projected sends over time for {c['name']}")
+    live = await _live(hub, access, campaign_id)
+    return render(request, "campaign.html", access=access, c=c, dry=dry, chart=chart,
+                  section="campaigns", **live)
+
+
+@router.get("/sa/{sa}/campaigns/{campaign_id}/live")
+async def campaign_live(request: Request, access: AccessDep,
+                        campaign_id: UUID) -> HTMLResponse:
+    """The live part, polled by htmx every second until the campaign is over."""
+    require(access, *MARKETING)
+    live = await _live(_hub(request), access, campaign_id)
+    return render(request, "_campaign_live.html", access=access, **live)
+
+
+async def _live(hub: Hub, access: Any, campaign_id: UUID) -> dict[str, Any]:
+    stats = await campaign_actions.campaign_stats(hub, access.sub_account, campaign_id)
+    counts = stats["counts"]
+    total = max(int(stats["recipients_total"]), 1)
+    bars = []
+    for key, statuses, label in OUTCOMES:
+        n = sum(int(counts.get(s, 0)) for s in statuses)
+        bars.append({"key": key, "label": label, "n": n, "pct": round(100 * n / total, 2)})
+    in_flight = ("pending", "queued", "scheduled", "sending")
+    done = sum(int(v) for k, v in counts.items() if k not in in_flight)
+    finished = stats["status"] in {s.value for s in TERMINAL}
+    progress = 100.0 if finished and stats["recipients_total"] else \
+        round(min(100.0, 100 * done / total), 1)
+    errors = [{"code": e["code"], "count": e["count"], "words": explain(e["code"])}
+              for e in stats["top_errors"]]
+    return {"stats": stats, "bars": bars, "progress": progress, "errors": errors,
+            "waiting": int(counts.get("pending", 0)) + int(counts.get("queued", 0)),
+            "finished": finished, "campaign_id": campaign_id}

@@ -1,0 +1,249 @@
+/* Switchboard pages: JSON forms and buttons that call the REST API with the session's CSRF
+   token, and the live feed over the WebSocket (resumes with `since` after a drop). */
+(function () {
+  "use strict";
+
+  function csrf() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  }
+
+  function uniqueKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function api(method, url, body) {
+    const headers = { "X-CSRF-Token": csrf(), Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method === "POST") headers["Idempotency-Key"] = uniqueKey();
+    const response = await fetch(url, {
+      method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    if (!response.ok) {
+      const error = new Error((data && data.detail) || "The request failed (HTTP " + response.status + ").");
+      error.problem = data;
+      throw error;
+    }
+    return data;
+  }
+
+  function formBody(form) {
+    const body = {};
+    const nested = {};
+    for (const el of form.elements) {
+      if (!el.name || el.disabled || el.type === "submit" || el.type === "button") continue;
+      const type = el.dataset.type;
+      const target = el.dataset.into ? (nested[el.dataset.into] = nested[el.dataset.into] || {}) : body;
+      if (el.type === "checkbox" && !el.checked) {
+        if (type === "list" && !(el.name in target)) target[el.name] = [];
+        continue;
+      }
+      let value = el.value;
+      if (value === "" && el.hasAttribute("data-optional")) continue;
+      if (type === "number") value = value === "" ? null : Number(value);
+      else if (type === "nullable") value = value === "" ? null : value;
+      else if (type === "datetime") value = new Date(value).toISOString();
+      else if (type === "tags") {
+        value = value.split(/[,;]/).map((s) => s.trim()).filter(Boolean);
+        if (!value.length) continue;
+      }
+      if (type === "list") (target[el.name] = target[el.name] || []).push(value);
+      else target[el.name] = value;
+    }
+    Object.assign(body, nested);
+    for (const attr of Object.keys(form.dataset)) {
+      if (!attr.startsWith("empty")) continue;
+      const key = attr.slice(5).toLowerCase();
+      if (!body[key] || !Object.keys(body[key]).length) body[key] = JSON.parse(form.dataset[attr]);
+    }
+    return body;
+  }
+
+  function showError(scope, error) {
+    const box = scope.querySelector("[data-form-error]");
+    scope.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+    if (!box) { alert(error.message); return; }
+    const problem = error.problem || {};
+    const fields = (problem.errors || []).map((e) => e.field + ": " + e.message);
+    box.textContent = error.message + (fields.length && !error.message.includes(fields[0]) ? " (" + fields.join("; ") + ")" : "");
+    box.hidden = false;
+    for (const e of problem.errors || []) {
+      const el = scope.querySelector('[name="' + String(e.field).split(".")[0] + '"]');
+      if (el) el.setAttribute("aria-invalid", "true");
+    }
+  }
+
+  function clearError(scope) {
+    const box = scope.querySelector("[data-form-error]");
+    if (box) { box.hidden = true; box.textContent = ""; }
+  }
+
+  async function after(el, result) {
+    const then = el.dataset.then;
+    if (el.dataset.redirect && result && result.id) {
+      location.assign(el.dataset.redirect.replace("{id}", result.id));
+    } else if (then === "reload") {
+      location.reload();
+    } else if (then === "reset") {
+      el.reset();
+      const check = el.querySelector(".reply-check");
+      if (check) check.textContent = "";
+      Inbox.refreshThread();
+    } else if (then === "refresh") {
+      Inbox.refreshList();
+    }
+  }
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target.closest("form[data-api-form]");
+    if (!form) return;
+    event.preventDefault();
+    clearError(form);
+    const buttons = form.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    try {
+      let url = form.dataset.action;
+      const method = form.dataset.method || "POST";
+      let body = formBody(form);
+      if (form.dataset.query) {
+        const params = new URLSearchParams();
+        for (const name of form.dataset.query.split(",")) params.set(name, body[name] || "");
+        url += "?" + params.toString();
+        body = undefined;
+      }
+      await after(form, await api(method, url, body));
+    } catch (error) {
+      showError(form, error);
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  });
+
+  document.addEventListener("change", (event) => {
+    const el = event.target;
+    if (el.matches("[data-submit-on-change]")) el.form.requestSubmit();
+    if (el.id === "channel") Console.channelChanged();
+  });
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-api-button]");
+    if (!button) return;
+    if (button.dataset.confirm && !confirm(button.dataset.confirm)) return;
+    const scope = button.closest("section, form, li") || document.body;
+    clearError(scope);
+    button.disabled = true;
+    try {
+      await after(button, await api(button.dataset.method || "POST", button.dataset.action));
+    } catch (error) {
+      showError(scope, error);
+      button.disabled = false;
+    }
+  });
+
+  const Console = {
+    channelChanged() {
+      const select = document.getElementById("channel");
+      if (!select) return;
+      const channel = select.value;
+      document.querySelectorAll("input[data-channel]").forEach((box) => {
+        const off = box.dataset.channel !== channel;
+        box.disabled = off;
+        box.closest(".check").hidden = off;
+      });
+      const subject = document.getElementById("subject");
+      if (subject) subject.closest("fieldset").classList.toggle("email", channel === "email");
+    },
+  };
+
+  /* One WebSocket per page: cookie-authenticated, resumes from the last seq it saw. */
+  class Feed {
+    constructor(subAccount, topics, since, onEvent, onResync) {
+      Object.assign(this, { subAccount, topics, since, onEvent, onResync, delay: 500 });
+      this.connect();
+    }
+
+    connect() {
+      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+      const ws = new WebSocket(scheme + "//" + location.host + "/v1/realtime?sub_account=" + this.subAccount);
+      this.ws = ws;
+      ws.onmessage = (message) => {
+        const frame = JSON.parse(message.data);
+        if (frame.type === "hello") {
+          banner(false);
+          this.delay = 500;
+          ws.send(JSON.stringify({ type: "subscribe", topics: this.topics, since: this.since }));
+        } else if (frame.type === "subscribed") {
+          if (this.since === null) this.since = frame.since;
+        } else if (frame.type === "event") {
+          this.since = frame.seq;
+          this.onEvent(frame);
+        } else if (frame.type === "ping") {
+          ws.send(JSON.stringify({ type: "pong" }));
+        } else if (frame.type === "resync_required") {
+          this.since = frame.seq;
+          this.onResync();
+          ws.send(JSON.stringify({ type: "subscribe", topics: this.topics, since: this.since }));
+        }
+      };
+      ws.onclose = () => {
+        banner(true);
+        setTimeout(() => this.connect(), this.delay);
+        this.delay = Math.min(this.delay * 2, 10000);
+      };
+    }
+  }
+
+  function banner(show) {
+    const el = document.getElementById("reconnecting");
+    if (el) el.hidden = !show;
+  }
+
+  const Inbox = {
+    root: null,
+    timer: null,
+    refreshList() {
+      if (!this.root) return;
+      htmx.ajax("GET", this.root.dataset.listUrl, { target: "#inbox-list", swap: "innerHTML" });
+    },
+    thread() { return document.getElementById("thread"); },
+    refreshThread() {
+      const thread = this.thread();
+      if (thread) htmx.ajax("GET", thread.dataset.messagesUrl, { target: "#messages", swap: "innerHTML" });
+    },
+    async markRead() {
+      const thread = this.thread();
+      if (!thread) return;
+      const url = "/v1/sub-accounts/" + this.root.dataset.feed + "/conversations/" + thread.dataset.conversation + "/read";
+      try { await api("POST", url); } catch (e) { /* not fatal: the badge stays */ }
+    },
+    onEvent(frame) {
+      const thread = this.thread();
+      const mine = thread && frame.topic === "conversation:" + thread.dataset.conversation;
+      if (mine && (frame.event === "message.created" || frame.event === "message.status_updated")) {
+        this.refreshThread();
+        if (frame.event === "message.created" && frame.data.direction === "inbound") this.markRead();
+      }
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.refreshList(), 150);
+    },
+    start() {
+      this.root = document.querySelector("[data-feed]");
+      if (!this.root) return;
+      const since = this.root.dataset.seq === "" ? null : Number(this.root.dataset.seq);
+      window.switchboardFeed = new Feed(this.root.dataset.feed, ["inbox"], since,
+        (frame) => this.onEvent(frame), () => { this.refreshList(); this.refreshThread(); });
+      const thread = this.thread();
+      if (thread && Number(thread.dataset.unread) > 0) this.markRead();
+    },
+  };
+
+  document.addEventListener("DOMContentLoaded", () => {
+    Console.channelChanged();
+    Inbox.start();
+  });
+})();
