@@ -1,12 +1,18 @@
 """The Supervisor: places sub-accounts on a fixed pool of shards by consistent hashing,
-creates the shards once, keeps them alive, and reconciles what dead shards left behind:
-sends whose outcome is unknown are resolved by asking the provider, never by resending
-blindly."""
+creates the shards once, spread over the cluster's nodes, keeps them alive, and reconciles
+what dead shards left behind: sends whose outcome is unknown are resolved by asking the
+provider, never by resending blindly.
+
+It holds no state of its own beyond actor handles (named, so a restarted Supervisor gets the
+same shards back) and what it reads from PostgreSQL, so Ray may restart it on any node. While
+it runs it keeps a heartbeat in Redis naming its Ray cluster, so a gateway started against
+another cluster refuses to create a second Supervisor over the same database."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,14 +59,24 @@ class Supervisor:
                 "slots": list(slots), **extra}
 
     async def create_shards(self) -> None:
-        for group, channels in CHANNEL_GROUPS.items():
+        """Create (or, after a restart, get back) every shard. Shards of one kind go round
+        robin over the alive nodes, offset per group so one node does not get every group's
+        shard 0; the pin is soft, so a shard whose node is gone is restarted elsewhere."""
+        nodes = ray_api.alive_nodes()
+
+        def node(i: int) -> str | None:
+            return nodes[i % len(nodes)] if nodes else None
+
+        for g, (group, channels) in enumerate(CHANNEL_GROUPS.items()):
             self.senders[group] = [
                 ray_api.create_shard("sender", sender_name(group, i), self._shard_spec(
-                    f"sender:{group}:{i}", self.sender_ring.slots_of(i), channels=channels))
+                    f"sender:{group}:{i}", self.sender_ring.slots_of(i), channels=channels),
+                    node_id=node(i + g))
                 for i in range(self.sender_ring.shards)]
         self.schedulers = [
             ray_api.create_shard("scheduler", scheduler_name(i), self._shard_spec(
-                f"scheduler:{i}", self.scheduler_ring.slots_of(i)))
+                f"scheduler:{i}", self.scheduler_ring.slots_of(i)),
+                node_id=node(i + len(CHANNEL_GROUPS)))
             for i in range(self.scheduler_ring.shards)]
         await self.ping_all()
 
@@ -69,10 +85,16 @@ class Supervisor:
                 "sender_shards": self.sender_ring.shards,
                 "scheduler_shards": self.scheduler_ring.shards}
 
-    async def ping_all(self) -> int:
+    async def heartbeat(self, ttl_s: float) -> None:
+        """Tell gateways which Ray cluster runs the Supervisor (see ray_api)."""
+        value = json.dumps({"address": ray_api.cluster_address(),
+                            "node": ray_api.current_node()})
+        await self.redis.set(ray_api.SUPERVISOR_KEY, value, px=int(ttl_s * 1000))
+
+    async def ping_all(self, timeout_s: float = 60.0) -> int:
         """Ping every shard (a restarted one starts its loop on the first call)."""
         shards = [h for hs in self.senders.values() for h in hs] + self.schedulers
-        results = await ray_api.gather([(h, "ping", ()) for h in shards], timeout=60)
+        results = await ray_api.gather([(h, "ping", ()) for h in shards], timeout=timeout_s)
         down = sum(1 for r in results if isinstance(r, BaseException))
         for r in results:
             if isinstance(r, BaseException):
@@ -146,7 +168,9 @@ class Supervisor:
     async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
         while not stop.is_set():
             with contextlib.suppress(Exception):
-                await self.ping_all()
+                await self.heartbeat(ttl_s=ray_api.HEARTBEAT_TTL_S)
+            with contextlib.suppress(Exception):  # a shard on a lost node waits for Ray
+                await self.ping_all(timeout_s=10.0)
             try:
                 await self.reconcile()
             except Exception:
@@ -155,6 +179,8 @@ class Supervisor:
                 await asyncio.wait_for(stop.wait(), interval_s)
 
     async def stop_shards(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.redis.delete(ray_api.SUPERVISOR_KEY)
         shards = [h for hs in self.senders.values() for h in hs] + self.schedulers
         await ray_api.gather([(h, "stop", ()) for h in shards], timeout=60)
         for h in shards:
