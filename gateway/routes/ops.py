@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import metrics as gauges
 from gateway.deps import HubDep
 from gateway.errors import problem
 
@@ -40,5 +41,6 @@ async def readyz(hub: HubDep) -> dict[str, object] | Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(hub: HubDep) -> Response:
+    await gauges.refresh(hub)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,11 +6,19 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from prometheus_client import Counter
 
 from hub.pagination import Cursor, keyset_clause
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
+
+#: Every way an address gets suppressed passes through `add`, so it is counted here once:
+#: STOP keywords and one-click unsubscribes (source opt_out), carrier 21610 (provider),
+#: bounces and spam reports, and suppressions added through the API. (Counted at the insert:
+#: a transaction rolled back after it still counts, a rare overcount.)
+OPT_OUTS = Counter("hub_opt_outs_total", "addresses suppressed, by channel and source",
+                   ["channel", "source"])
 
 COLS = (
     "id, sub_account_id, channel, address, reason, source, created_by, created_at, removed_at, "
@@ -29,6 +37,7 @@ async def add(conn: Conn, sub_account_id: UUID, channel: str, address: str, reas
         sub_account_id, channel, address, reason, source, created_by,
     )
     if row:
+        OPT_OUTS.labels(channel, source).inc()
         return dict(row), True
     existing = await conn.fetchrow(
         f"""SELECT {COLS} FROM suppressions WHERE sub_account_id = $1 AND channel = $2
