@@ -229,7 +229,7 @@ async def test_agent_gets_a_text_live_replies_and_sees_it_delivered(
     await reply.fill("Yes! It is ready for pickup at 5pm.")
     await expect(agent.locator("#reply-check")).to_contain_text("1 segment")
     await agent.get_by_role("button", name="Send").click()
-    out = agent.locator(".bubble.out").filter(has_text="ready for pickup")
+    out = agent.locator("#messages li.bubble.out").filter(has_text="ready for pickup")
     await expect(out).to_be_visible()
     await expect(out).to_have_attribute("data-status", "delivered", timeout=TIMEOUT_MS)
     await expect(out.get_by_test_id("tick")).to_contain_text("delivered")

@@ -90,6 +90,8 @@
     } else if (then === "reload") {
       location.reload();
     } else if (then === "reset") {
+      // A segment check still in flight for the text just sent must not paint it back.
+      el.querySelectorAll("textarea").forEach((t) => htmx.trigger(t, "htmx:abort"));
       el.reset();
       const check = el.querySelector(".reply-check");
       if (check) check.textContent = "";
