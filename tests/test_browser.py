@@ -10,6 +10,7 @@ Skipped, saying why, when no Chromium is installed (`apt-get install -y chromium
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -183,10 +184,17 @@ async def test_marketer_builds_launches_and_watches_a_campaign_finish(
     await expect(page.get_by_role("button", name="Pause")).to_have_count(0)
     await screenshots(page, world.shots, "campaign-console-draft")
 
+    # The live view listens to the campaign's topic on the feed; collect what it hears.
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(str(f))))
     await page.get_by_role("button", name="Launch").click()
     await expect(page.get_by_test_id("progress-pct")).to_have_text("100.0%", timeout=TIMEOUT_MS)
     await expect(page.get_by_test_id("progress")).to_have_attribute("aria-valuenow", "100.0")
     await expect(page.get_by_test_id("status")).to_have_text("completed", timeout=TIMEOUT_MS)
+    campaign_id = page.url.rsplit("/", 1)[1]
+    heard = [json.loads(f) for f in frames if '"type":"event"' in f.replace(" ", "")]
+    assert {e["event"] for e in heard if e["topic"] == f"campaign:{campaign_id}"} & {
+        "campaign.progress", "campaign.updated"}, frames[:5]
     # Only valid actions: a finished campaign has none.
     for name in ("Launch", "Pause", "Resume", "Cancel"):
         await expect(page.get_by_role("button", name=name)).to_have_count(0)

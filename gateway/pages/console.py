@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from gateway.pages.charts import timeline_svg
 from gateway.pages.common import AccessDep, render, require
 from gateway.pages.explain import explain
-from hub import campaign_actions
+from hub import campaign_actions, events
 from hub.campaigns import TERMINAL, audience_sql, check_content, parse_audience
 from hub.context import Hub
 from hub.errors import HubError
@@ -116,15 +116,18 @@ async def campaign(request: Request, access: AccessDep, campaign_id: UUID) -> HT
     if c["status"] == "draft":
         dry = await campaign_actions.campaign_dry_run(hub, access.sub_account, campaign_id)
         chart = timeline_svg(dry["timeline"], f"Projected sends over time for {c['name']}")
+    # The feed resumes from the head as it was before the page read anything, so a change
+    # that lands while the page renders still redraws it.
+    bounds = await events.log_bounds(hub.pool, access.sa_id)
     live = await _live(hub, access, campaign_id)
     return render(request, "campaign.html", access=access, c=c, dry=dry, chart=chart,
-                  section="campaigns", **live)
+                  section="campaigns", seq=bounds[1] if bounds else "", **live)
 
 
 @router.get("/sa/{sa}/campaigns/{campaign_id}/live")
 async def campaign_live(request: Request, access: AccessDep,
                         campaign_id: UUID) -> HTMLResponse:
-    """The live part, polled by htmx every second until the campaign is over."""
+    """The live part, redrawn by htmx when the feed reports the campaign moved."""
     require(access, *MARKETING)
     live = await _live(_hub(request), access, campaign_id)
     return render(request, "_campaign_live.html", access=access, **live)

@@ -244,8 +244,25 @@
     },
   };
 
+  /* The live campaign view: every event on campaign:<id> asks htmx to redraw #live (the
+     section throttles redraws); a finished campaign stops listening. */
+  const CampaignLive = {
+    start() {
+      const root = document.getElementById("campaign-feed");
+      const live = document.getElementById("live");
+      if (!root || !live || live.dataset.liveFinished === "true") return;
+      const since = root.dataset.seq === "" ? null : Number(root.dataset.seq);
+      const moved = () => {
+        const section = document.getElementById("live");
+        if (section && section.dataset.liveFinished === "false") htmx.trigger(section, "campaign-moved");
+      };
+      window.switchboardFeed = new Feed(root.dataset.feedSa, [root.dataset.topic], since, moved, moved);
+    },
+  };
+
   document.addEventListener("DOMContentLoaded", () => {
     Console.channelChanged();
     Inbox.start();
+    CampaignLive.start();
   });
 })();
