@@ -147,7 +147,8 @@ async def add_contacts(api: httpx.AsyncClient, tenant: Tenant, n: int) -> None:
         r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/contacts",
                            headers=auth(tenant.sa1_key),
                            json={"phone": f"+1415555{i:04d}", "first_name": f"Vip{i}",
-                                 "tags": ["vip"] if i < n - 2 else ["lead"]})
+                                 "tags": ["vip"] if i < n - 2 else ["lead"],
+                                 "custom_fields": {"tier": ("gold", "silver", "")[min(i // 6, 2)]}})
         assert r.status_code == 201, r.text
 
 
@@ -155,7 +156,7 @@ async def test_marketer_builds_launches_and_watches_a_campaign_finish(
     world: World, api: httpx.AsyncClient, browser: Browser
 ) -> None:
     t = world.tenant
-    await add_contacts(api, t, 22)  # 20 tagged vip, 2 leads left out
+    await add_contacts(api, t, 22)  # 20 tagged vip, 2 leads left out; 12 of the vips tiered
     page = await sign_in(browser, world.base, "marketer@b.example")
     assert page.url.endswith(f"/app/sa/{t.sa1}/campaigns")
     await page.get_by_role("link", name="New campaign").click()
@@ -163,6 +164,17 @@ async def test_marketer_builds_launches_and_watches_a_campaign_finish(
     await page.get_by_label("Campaign name").fill("Spring VIPs")
     await page.get_by_label("Has any of these tags").fill("vip")
     await expect(page.get_by_test_id("audience-count")).to_have_text("20")
+    await page.get_by_text("More filters").click()
+    await page.get_by_label("Custom field").fill("tier")
+    await expect(page.get_by_test_id("audience-count")).to_have_text("12")  # any value
+    await page.get_by_label("is (empty: has any value").fill("gold, silver")
+    await expect(page.get_by_test_id("audience-count")).to_have_text("12")
+    await page.get_by_label("is (empty: has any value").fill("gold")
+    await expect(page.get_by_test_id("audience-count")).to_have_text("6")
+    await page.get_by_label("Phone number's country").fill("ca")
+    await expect(page.get_by_test_id("audience-count")).to_have_text("0")
+    await page.get_by_label("Phone number's country").fill("us")
+    await expect(page.get_by_test_id("audience-count")).to_have_text("6")
     body = page.get_by_label("Message", exact=True)
     await body.fill("Hi {{first_name}}! 20% off this week. Reply STOP to opt out.")
     await expect(page.get_by_test_id("segments")).to_contain_text("1 segment")
@@ -202,7 +214,8 @@ async def test_marketer_builds_launches_and_watches_a_campaign_finish(
 
     async with httpx.AsyncClient(base_url=world.carrier.url) as c:
         sent = [r for r in await carrier_requests(c) if r.get("from") == NUMBERS["sa1"]]
-    assert sorted(r["to"] for r in sent) == [f"+1415555{i:04d}" for i in range(20)]
+    # The filters typed in the audience step reached the API: the vips of tier gold, in the US.
+    assert sorted(r["to"] for r in sent) == [f"+1415555{i:04d}" for i in range(6)]
     assert all(r["body"].startswith("Hi Vip") for r in sent)
 
     await page.goto(f"{world.base}/app/sa/{t.sa1}/campaigns")

@@ -6,6 +6,7 @@ Reads come straight from the hub; every change goes through the REST API from th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from typing import Annotated, Any
 from uuid import UUID
@@ -25,6 +26,7 @@ from hub.store import audience as audience_store
 from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
 from hub.store import tenants
+from hub.timezones import contact_timezone
 from hub.users import Role
 
 router = APIRouter()
@@ -56,31 +58,62 @@ async def campaigns(request: Request, access: AccessDep) -> HTMLResponse:
                   section="campaigns")
 
 
+def audience_spec(tags_any: str = "", tags_all: str = "", exclude_tags: str = "",
+                  regions: str = "", timezones: Sequence[str] = (), custom_field: str = "",
+                  custom_value: str = "") -> dict[str, Any]:
+    """The API's `audience` object for the console's audience step; app.js builds the same
+    object from the same inputs when the form is submitted."""
+    spec: dict[str, Any] = {"tags_any": _tags(tags_any), "tags_all": _tags(tags_all),
+                            "exclude_tags": _tags(exclude_tags)}
+    filters: list[dict[str, Any]] = []
+    if _tags(regions):
+        filters.append({"field": "phone_region", "op": "in",
+                        "value": [r.upper() for r in _tags(regions)]})
+    if timezones:
+        filters.append({"field": "timezone", "op": "in", "value": list(timezones)})
+    if custom_field.strip():
+        field, values = "custom." + custom_field.strip(), _tags(custom_value)
+        filters.append({"field": field, "op": "exists", "value": True} if not values else
+                       {"field": field, "op": "eq", "value": values[0]} if len(values) == 1
+                       else {"field": field, "op": "in", "value": values})
+    spec["filters"] = filters
+    return {k: v for k, v in spec.items() if v} or {"all_contacts": True}
+
+
 @router.get("/sa/{sa}/campaigns/new")
 async def new_campaign(request: Request, access: AccessDep) -> HTMLResponse:
     require(access, *MARKETING)
     hub = _hub(request)
     senders = await tenants.list_senders(hub.pool, access.sa_id, None, None, 200)
     tags = await audience_store.tags(hub.pool, access.sa_id)
+    zones = await audience_store.timezones(hub.pool, access.sa_id)
     return render(request, "campaign_new.html", access=access, senders=senders[:200],
-                  tags=tags, section="campaigns")
+                  tags=tags, zones=zones, section="campaigns")
 
 
 @router.get("/sa/{sa}/campaigns/audience-count")
 async def audience_count(request: Request, access: AccessDep, channel: str = "sms",
-                         tags_any: Text = "", tags_all: Text = "",
-                         exclude_tags: Text = "") -> HTMLResponse:
+                         tags_any: Text = "", tags_all: Text = "", exclude_tags: Text = "",
+                         regions: Text = "",
+                         timezones: Annotated[list[str] | None, Query()] = None,
+                         custom_field: Text = "", custom_value: Text = "") -> HTMLResponse:
     """The live recipient count beside the audience step."""
     require(access, *MARKETING)
-    spec: dict[str, Any] = {"tags_any": _tags(tags_any), "tags_all": _tags(tags_all),
-                            "exclude_tags": _tags(exclude_tags)}
-    spec = {k: v for k, v in spec.items() if v} or {"all_contacts": True}
+    spec = audience_spec(tags_any, tags_all, exclude_tags, regions, (timezones or [])[:100],
+                         custom_field, custom_value)
     try:
         audience = parse_audience(spec)
     except HubError as exc:
         return HTMLResponse(f'<span class="error">{escape(exc.detail)}</span>')
     where, args = audience_sql(audience, 1)
-    n = await audience_store.count(_hub(request).pool, access.sa_id, channel, where, args)
+    pool = _hub(request).pool
+    if audience.needs_refinement:  # zones and shared calling codes: check per group
+        zone = access.sub_account["timezone"]
+        n = sum(int(g["n"]) for g in await audience_store.count_groups(
+            pool, access.sa_id, channel, where, args)
+            if audience.admits(contact_timezone(g["timezone"], g["sample"], zone), g["sample"]))
+    else:
+        n = await audience_store.count(pool, access.sa_id, channel, where, args)
     who = "everyone" if "all_contacts" in spec else "this audience"
     return HTMLResponse(f'<strong data-testid="audience-count">{n:,}</strong> reachable '
                         f'recipients in {who} on {escape(channel)} (opted-out contacts left out)')

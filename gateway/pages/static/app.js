@@ -32,11 +32,40 @@
     return data;
   }
 
+  function splitList(value) {
+    return value.split(/[,;]/).map((s) => s.trim()).filter(Boolean);
+  }
+
+  /* The audience step's filters, as console.audience_spec builds them for the live count. */
+  function audienceFilters(form) {
+    const input = (name) => form.querySelector('[data-filter="' + name + '"]');
+    const out = [];
+    const regions = input("phone_region");
+    if (regions && splitList(regions.value).length) {
+      out.push({ field: "phone_region", op: "in", value: splitList(regions.value).map((r) => r.toUpperCase()) });
+    }
+    const zones = input("timezone");
+    const picked = zones ? Array.from(zones.selectedOptions, (o) => o.value) : [];
+    if (picked.length) out.push({ field: "timezone", op: "in", value: picked });
+    const name = input("custom_field");
+    if (name && name.value.trim()) {
+      const field = "custom." + name.value.trim();
+      const values = splitList(input("custom_value").value);
+      if (!values.length) out.push({ field, op: "exists", value: true });
+      else if (values.length === 1) out.push({ field, op: "eq", value: values[0] });
+      else out.push({ field, op: "in", value: values });
+    }
+    return out;
+  }
+
   function formBody(form) {
     const body = {};
     const nested = {};
+    const filters = audienceFilters(form);
+    if (filters.length) nested.audience = { filters };
     for (const el of form.elements) {
       if (!el.name || el.disabled || el.type === "submit" || el.type === "button") continue;
+      if (el.dataset.filter) continue;
       const type = el.dataset.type;
       const target = el.dataset.into ? (nested[el.dataset.into] = nested[el.dataset.into] || {}) : body;
       if (el.type === "checkbox" && !el.checked) {
@@ -49,7 +78,7 @@
       else if (type === "nullable") value = value === "" ? null : value;
       else if (type === "datetime") value = new Date(value).toISOString();
       else if (type === "tags") {
-        value = value.split(/[,;]/).map((s) => s.trim()).filter(Boolean);
+        value = splitList(value);
         if (!value.length) continue;
       }
       if (type === "list") (target[el.name] = target[el.name] || []).push(value);
