@@ -19,7 +19,7 @@ from prometheus_client import Counter
 from channels import sendgrid
 from channels.base import ErrorKind, InboundMessage, StatusUpdate, SuppressionEvent
 from channels.twilio_sms import callback_error, parse_inbound
-from hub import compliance
+from hub import compliance, requeue
 from hub.compliance_actions import (
     cancel_waiting,
     do_opt_in,
@@ -99,13 +99,17 @@ async def apply_receipts(tx: Tx, receipts: Sequence[Receipt]) -> list[Row]:
                                for r in receipts}.items():
         if (mid, key) in fresh:
             RECEIPTS.labels(update.provider, update.status.value).inc()
-    moved = await store.merge_statuses(tx.conn, plan_merges(receipts, fresh))
+    # Throttled after acceptance: queued again, not failed; an earlier attempt's receipts
+    # move nothing.
+    sifted = await requeue.sift(tx.conn, receipts, fresh)
+    moved = [*sifted.requeued,
+             *await store.merge_statuses(tx.conn, plan_merges(sifted.receipts, fresh))]
     for row in moved:
         if row["priority"] != "bulk":  # campaign progress reports bulk
             tx.emit(row["sub_account_id"], "message.status_updated", row,
                     f"conversation:{row['conversation_id']}")
     opted_out: set[UUID] = set()
-    for r in receipts:
+    for r in sifted.receipts:
         error = callback_error(r.update) if r.update.provider == "twilio" else None
         mid = r.message["id"]
         if (error is not None and error.kind == ErrorKind.OPTED_OUT and mid not in opted_out

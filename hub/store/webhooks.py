@@ -23,7 +23,7 @@ INBOX_COLS = ("id, provider, kind, sub_account_id, provider_account_id, event_ke
 _ACCOUNT_COLS = ("p.id, p.sub_account_id, p.provider, p.account_id, p.secret_encrypted, "
                  "p.config, p.updated_at")
 _CALLBACK_COLS = """m.id, m.sub_account_id, m.conversation_id, m.contact_id, m.channel,
-                    m.priority, m.status, m.to_address, m.provider_message_id,
+                    m.priority, m.status, m.to_address, m.provider_message_id, m.attempts,
                     m.provider_account_id, p.provider, p.account_id, p.secret_encrypted,
                     p.config"""
 
@@ -65,6 +65,13 @@ async def callback_message(conn: Conn, message_id: UUID | None, provider: str,
                 WHERE m.provider = $1 AND m.provider_message_id = $2
                   AND ($3::text IS NULL OR lower(m.to_address) = lower($3))
                 LIMIT 1""", provider, provider_message_id, to_address)
+        if row is None:  # an attempt that was queued again since (hub/requeue.py)
+            row = await conn.fetchrow(
+                f"""SELECT {_CALLBACK_COLS} FROM message_events e
+                    JOIN messages m ON m.id = e.message_id AND m.provider = $1
+                    LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
+                    WHERE e.provider_status = 'requeued' AND e.event_key = $2 || ':requeued'
+                    LIMIT 1""", provider, provider_message_id)
     else:
         return None
     return dict(row) if row else None
