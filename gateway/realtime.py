@@ -86,14 +86,20 @@ async def issue_ticket(hub: Hub, principal: Principal, sub_account_id: UUID,
 
 
 async def redeem_ticket(hub: Hub, ticket: str | None) -> UUID | None:
-    """The sub-account a ticket grants, consuming it; None when missing, unknown, expired
-    or already used."""
+    """The sub-account a ticket grants, consuming it; None when missing, unknown, expired,
+    already used, or asked for by a key revoked since."""
     if not ticket or len(ticket) > 200:
         return None
     raw = await hub.redis.getdel(_ticket_key(ticket))
     if raw is None:
         return None
-    return UUID(json.loads(raw)["sub_account_id"])
+    grant = json.loads(raw)
+    # The key may have been revoked since it asked for the ticket.
+    if not await hub.pool.fetchval(
+            "SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
+            UUID(grant["key_id"])):
+        return None
+    return UUID(grant["sub_account_id"])
 
 
 @router.post("/v1/realtime/tickets", status_code=201, response_model=TicketOut)

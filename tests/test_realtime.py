@@ -223,6 +223,22 @@ async def test_ticket_scoped_like_rest(hub: Hub, api: httpx.AsyncClient, tenant:
     await feed.close()
 
 
+async def test_ticket_of_a_key_revoked_since_is_refused(hub: Hub, api: httpx.AsyncClient,
+                                                        tenant: Tenant) -> None:
+    made = await api.post(f"/v1/sub-accounts/{tenant.sa1}/api-keys",
+                          headers=auth(tenant.sa1_key), json={"name": "kiosk"})
+    assert made.status_code == 201, made.text
+    key = made.json()
+    kept, revoked = [await get_ticket(api, key["key"]) for _ in range(2)]
+    feed_ok = await connect(ws_url(api, kept), **WS_OPTIONS)
+    assert json.loads(await feed_ok.recv())["type"] == "hello"  # the key is live: it works
+    await feed_ok.close()
+    r = await api.delete(f"/v1/sub-accounts/{tenant.sa1}/api-keys/{key['id']}",
+                         headers=auth(tenant.sa1_key))
+    assert r.status_code in (200, 204), r.text
+    assert await refused_code(ws_url(api, revoked)) == 4001
+
+
 async def test_ticket_expires(tuned_api: httpx.AsyncClient, tenant: Tenant) -> None:
     ticket = await get_ticket(tuned_api, tenant.sa1_key)
     await asyncio.sleep(TUNED.ticket_ttl_s + 0.3)
