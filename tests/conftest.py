@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -103,7 +104,16 @@ async def _clean(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         yield
         return
     h: Hub = request.getfixturevalue("hub")
-    await h.pool.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    # The previous test's gateway and shards may still be applying or sending; PostgreSQL
+    # can pick the TRUNCATE as a deadlock's victim. Their work is being wiped: try again.
+    for attempt in range(5):
+        try:
+            await h.pool.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+            break
+        except asyncpg.exceptions.DeadlockDetectedError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2)
     yield
 
 
