@@ -27,6 +27,7 @@ from gateway.routes import (
     unsubscribe,
     webhooks,
 )
+from gateway.webhook_fastpath import ProviderWebhooks
 from hub import imports
 from hub.context import Hub
 from hub.store import idempotency as idempotency_store
@@ -104,14 +105,18 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> FastAPI
         description="Messaging hub for multi-tenant marketing CRMs: contacts, conversations, "
                     "SMS/MMS, email and voice. Errors are RFC 9457 problem documents.",
         lifespan=lifespan,
+        # The hub exports Prometheus metrics, not OpenTelemetry. Switched off, FastAPI no
+        # longer looks for a configured OTel provider (environment reads) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     pages.install(app)
-    # Webhooks first: Starlette matches routes in order, and provider callbacks are the
-    # highest-rate traffic (measured 0.89 → 0.72 ms of CPU per callback).
     for module in (webhooks, tenants, providers, contacts, messaging, sending, campaigns,
                    suppressions, events, ops, realtime, unsubscribe):
         app.include_router(module.router)
+    # Provider callbacks, the highest-rate traffic, are served ahead of FastAPI's routing
+    # (inside the body limit and the request metrics).
+    app.add_middleware(ProviderWebhooks, routes={r.path: r for r in webhooks.router.routes})
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        import_limit=settings.max_import_bytes)
     app.add_middleware(Metrics)

@@ -69,12 +69,32 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+def problem_for(exc: Exception, path: str) -> JSONResponse:
+    """The problem document for an exception raised while serving `path`: the mapping the
+    app's exception handlers use, and the provider webhooks' fast path (which runs before
+    FastAPI's routing)."""
+    if isinstance(exc, HubError):
+        errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
+        return problem(exc.status, exc.code, exc.title, exc.detail, path,
+                       errors if errors or exc.status == 422 else None)
+    if isinstance(exc, StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        title = code.replace("_", " ").capitalize()
+        errors = None
+        if exc.status_code == 413:
+            errors = [{"field": "body", "message": str(exc.detail), "code": "too_large"}]
+        return problem(exc.status_code, code, title, str(exc.detail), path,
+                       errors, headers=getattr(exc, "headers", None))
+    log.error("unhandled error", exc_info=exc, extra={"path": path})
+    return problem(500, "internal", "Internal error",
+                   "something went wrong on our side; retry, and if it persists report "
+                   "the time and path", path)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HubError)
     async def hub_error(request: Request, exc: HubError) -> JSONResponse:
-        errors = [{"field": e.field, "message": e.message, "code": e.code} for e in exc.errors]
-        return problem(exc.status, exc.code, exc.title, exc.detail, request.url.path,
-                       errors if errors or exc.status == 422 else None)
+        return problem_for(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,17 +105,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        title = code.replace("_", " ").capitalize()
-        errors = None
-        if exc.status_code == 413:
-            errors = [{"field": "body", "message": str(exc.detail), "code": "too_large"}]
-        return problem(exc.status_code, code, title, str(exc.detail), request.url.path,
-                       errors, headers=getattr(exc, "headers", None))
+        return problem_for(exc, request.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return problem(500, "internal", "Internal error",
-                       "something went wrong on our side; retry, and if it persists report "
-                       "the time and path", request.url.path)
+        return problem_for(exc, request.url.path)

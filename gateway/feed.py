@@ -245,10 +245,14 @@ class LiveEvent:
     frame: str
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> LiveEvent:
-        """`payload` is `hub.events.Event.to_json()`, from Redis or from the log."""
-        return cls(int(payload["seq"]), str(payload["event"]), payload.get("topic"),
-                   json.dumps({"type": "event", **payload}, separators=(",", ":")))
+    def from_wire(cls, text: str | bytes) -> LiveEvent:
+        """An event as `hub.events.Event.wire()` published it: only the short header is
+        parsed; the frame goes to clients as it came."""
+        if isinstance(text, bytes):
+            text = text.decode()
+        header, frame = text.split("\n", 1)
+        head = json.loads(header)
+        return cls(int(head["seq"]), str(head["event"]), head.get("topic"), frame)
 
 
 def dump(frame: dict[str, Any]) -> str:

@@ -423,7 +423,7 @@ class Session:
                 if self.cursor.classify(e.seq) is not Step.NEXT:
                     await self._lost_position()
                     return
-                item = self._deliver(LiveEvent.from_payload(e.to_json()), live=False)
+                item = self._deliver(LiveEvent(e.seq, e.type, e.topic, e.frame()), live=False)
                 if item is not None:
                     await self._put(item)
             if len(page) < limit:
@@ -526,7 +526,7 @@ class FeedHub:
             if not group:
                 return
             try:
-                event = LiveEvent.from_payload(json.loads(msg["data"]))
+                event = LiveEvent.from_wire(msg["data"])
             except (ValueError, KeyError, TypeError):
                 log.warning("realtime: unreadable event on %s", channel)
                 return

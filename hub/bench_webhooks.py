@@ -16,9 +16,11 @@ measured in the same run (the machine is shared and noisy: read ratios).
    Every client must get every event of its sub-account: misses are counted.
 
 Process layout: this process seeds PostgreSQL, pre-computes and signs the requests and
-drives them (aiohttp); the gateway, the bare app and each WebSocket client process run
-apart, so no two share a GIL. The Ray actors are off (HUB_ACTORS=false): status callbacks
-never reach them.
+drives them (aiohttp); the gateway, the bare app and each WebSocket client process
+(hub/bench_webhooks_clients.py) run apart, so no two share a GIL. `--workers N` runs both
+the gateway and the bare app with N uvicorn workers. The report and the keys of the JSON
+result line are in hub/bench_webhooks_report.py. The Ray actors are off (HUB_ACTORS=false):
+status callbacks never reach them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -41,8 +42,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing import get_context
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlencode
@@ -52,35 +51,16 @@ import aiohttp
 import psutil
 from fastapi import FastAPI, Request, Response
 from rich.console import Console
-from rich.table import Table
 from twilio.request_validator import RequestValidator
 
 from config.settings import Settings
+from hub.bench_webhooks_clients import BenchError, ClientProcs
+from hub.bench_webhooks_report import TARGETS, print_report
 from hub.embedded import Services
 
 STATUS_PATH = "/v1/providers/twilio/sms/status"
 FORM = "application/x-www-form-urlencoded"
 API_VERSION = "2010-04-01"
-#: Keys of the JSON result line (the smoke test checks them all).
-RESULT_FIELDS = (
-    "date", "extra_messages", "callbacks", "warmup_callbacks", "concurrency", "gateway_loop",
-    "gateway_req_per_s", "gateway_p50_ms", "gateway_p99_ms", "gateway_errors",
-    "bare_req_per_s", "bare_runs_req_per_s", "bare_p50_ms", "bare_p99_ms", "ingest_ratio",
-    "ingest_cpu_ratio", "gateway_cpu", "bare_cpu",
-    "stored", "applied", "delivered", "apply_drain_seconds",
-    "ws_clients", "ws_sub_accounts", "ws_clients_per_sub_account", "ws_client_processes",
-    "ws_rate_per_s", "ws_seconds", "ws_events_posted", "ws_post_rate_per_s", "ws_post_errors",
-    "ws_post_ack_p50_ms", "ws_post_ack_p99_ms", "ws_applied", "ws_expected_deliveries",
-    "ws_deliveries", "ws_missed", "ws_duplicates", "ws_closed", "ws_p50_ms", "ws_p90_ms",
-    "ws_p99_ms", "ws_max_ms", "ws_stored_p50_ms", "ws_stored_p99_ms", "ws_apply_start_p50_ms",
-    "ws_apply_start_p99_ms", "targets")
-TARGETS = {"ingest_ratio": 0.5, "ws_p50_ms": 15.0, "ws_p99_ms": 100.0}
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run or finish; the message says where to look."""
-
-
 def _percentile(values: Sequence[float], p: float) -> float:
     """Nearest rank: with 100 samples p99 is the second largest."""
     if not values:
@@ -108,25 +88,28 @@ def bare_app() -> FastAPI:
     return app
 
 
-def serve(role: str, port: int, loop: str) -> None:
+def gateway_app() -> FastAPI:
+    """The gateway as `hub serve` builds it, from the environment (one per worker)."""
+    from config.logging import setup_logging
+    from gateway.app import create_app
+
+    settings = Settings()
+    setup_logging(settings.log_level, settings.log_json)
+    assert settings.database_url and settings.redis_url
+    return create_app(settings, settings.database_url, settings.redis_url)
+
+
+def serve(role: str, port: int, loop: str, workers: int) -> None:
     """A child process: the gateway (settings from the environment) or the bare app, on
-    uvicorn with one worker, httptools and the given event loop."""
+    uvicorn with `workers` worker processes, httptools and the given event loop."""
     import uvicorn
 
-    if role == "gateway":
-        from config.logging import setup_logging
-        from gateway.app import create_app
-
-        settings = Settings()
-        setup_logging(settings.log_level, settings.log_json)
-        assert settings.database_url and settings.redis_url
-        app = create_app(settings, settings.database_url, settings.redis_url)
-    else:
-        app = bare_app()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop=loop, http="httptools",
-                            ws="auto", log_config=None, access_log=False,
-                            lifespan="on" if role == "gateway" else "off")
-    uvicorn.Server(config).run()
+    factory = "hub.bench_webhooks:gateway_app" if role == "gateway" else \
+        "hub.bench_webhooks:bare_app"
+    uvicorn.run(factory, factory=True, host="127.0.0.1", port=port, loop=loop,
+                http="httptools", ws="auto", workers=workers,
+                log_config=None, access_log=False,
+                lifespan="on" if role == "gateway" else "off")
 
 
 def _free_port() -> int:
@@ -193,7 +176,8 @@ class Profiler:
         folder.mkdir(parents=True, exist_ok=True)
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         self.proc = subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+            [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
+             "--format", "raw",
              "--output", str(folder / f"{name}.txt"), "--nonblocking"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -225,7 +209,8 @@ class CpuMeter:
         out: dict[str, list[psutil.Process]] = {}
         for name, proc in self.children.procs.items():
             with contextlib.suppress(psutil.Error):
-                out[name] = [psutil.Process(proc.pid)]
+                root = psutil.Process(proc.pid)  # and its workers, if it has several
+                out[name] = [root, *root.children(recursive=True)]
         for name, pid_file in (("postgres", self.data_dir / "pg" / "postmaster.pid"),
                                ("redis", self.data_dir / "redis" / "redis.pid")):
             pid = self._pid(pid_file)
@@ -453,157 +438,6 @@ async def delivered(hub: Any, provider_accounts: list[UUID]) -> int:
     return n
 
 
-# --- the WebSocket clients (their own processes) ------------------------------------------
-
-DATA_ID = '"data":{"id":"'
-
-
-def client_process(conf: dict[str, Any], conn: Connection) -> None:
-    """Entry point of a client process: connect every client of `conf["clients"]`, report
-    ready, record (message id, receive time) per client until told to stop."""
-    import uvloop
-
-    uvloop.run(_clients(conf, conn))
-
-
-async def _clients(conf: dict[str, Any], conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
-    url, key = conf["url"], conf["key"]
-    ws_url = url.replace("http", "ws", 1)
-    clients: list[tuple[int, str]] = conf["clients"]  # (client id, sub-account id)
-    received: dict[int, list[tuple[str, float]]] = {cid: [] for cid, _ in clients}
-    closed: dict[int, str] = {}
-    other = Counter[str]()
-    mono = time.monotonic
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                    headers={"Authorization": f"Bearer {key}"})
-    sockets: dict[int, aiohttp.ClientWebSocketResponse] = {}
-    gate = asyncio.Semaphore(16)
-
-    async def connect(cid: int, sa: str) -> None:
-        async with gate:
-            async with session.post(f"{url}/v1/realtime/tickets",
-                                    json={"sub_account_id": sa}) as r:
-                if r.status != 201:
-                    raise BenchError(f"ticket: {r.status} {await r.text()}")
-                ticket = (await r.json())["ticket"]
-            ws = await session.ws_connect(f"{ws_url}/v1/realtime?ticket={ticket}",
-                                          max_msg_size=0, autoping=True)
-            hello = json.loads(await ws.receive_str(timeout=30))
-            if hello.get("type") != "hello":
-                raise BenchError(f"expected hello, got {hello}")
-            await ws.send_str(json.dumps({"type": "subscribe", "topics": ["inbox"],
-                                          "since": None}))
-            while True:
-                frame = json.loads(await ws.receive_str(timeout=30))
-                if frame.get("type") == "subscribed":
-                    break
-                if frame.get("type") != "ping":
-                    raise BenchError(f"expected subscribed, got {frame}")
-            sockets[cid] = ws
-
-    async def read(cid: int, ws: aiohttp.ClientWebSocketResponse) -> None:
-        out = received[cid]
-        while True:
-            msg = await ws.receive()
-            t = mono()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                data: str = msg.data
-                k = data.find(DATA_ID)
-                if k >= 0:
-                    out.append((data[k + len(DATA_ID):k + len(DATA_ID) + 36], t))
-                elif data.startswith('{"type":"ping"'):
-                    await ws.send_str('{"type":"pong"}')
-                else:
-                    frame = json.loads(data)
-                    if frame.get("type") == "event":  # a snapshot without an id first
-                        out.append((str(frame["data"]["id"]), t))
-                    else:
-                        other[str(frame.get("type"))] += 1
-            else:
-                closed[cid] = f"{msg.type.name} {ws.close_code}"
-                return
-
-    readers: list[asyncio.Task[None]] = []
-    try:
-        results = await asyncio.gather(*(connect(cid, sa) for cid, sa in clients),
-                                       return_exceptions=True)
-        errors = [repr(e) for e in results if isinstance(e, BaseException)]
-        readers = [asyncio.create_task(read(cid, ws)) for cid, ws in sockets.items()]
-        conn.send(("ready", len(sockets), errors[:5]))
-        while True:
-            command = await loop.run_in_executor(None, conn.recv)
-            if command == "count":
-                conn.send(("count", sum(len(v) for v in received.values())))
-            elif command == "stop":
-                break
-    finally:
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-        for ws in sockets.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2)
-        await session.close()
-    conn.send(("result", received, closed, dict(other)))
-
-
-class ClientProcs:
-    """The client processes, driven over a pipe each."""
-
-    def __init__(self, url: str, key: str, assignment: list[list[tuple[int, str]]]) -> None:
-        ctx = get_context("spawn")
-        me = importlib.import_module(__name__ if __name__ != "__main__" else
-                                     "hub.bench_webhooks")
-        self.pipes: list[Connection] = []
-        self.procs = []
-        for clients in assignment:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=me.client_process, daemon=True,
-                               args=({"url": url, "key": key, "clients": clients}, child))
-            proc.start()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-
-    async def _recv(self, pipe: Connection, timeout: float) -> Any:
-        if not await asyncio.to_thread(pipe.poll, timeout):
-            raise BenchError("a WebSocket client process did not answer")
-        return pipe.recv()
-
-    async def ready(self, timeout: float = 180) -> tuple[int, list[str]]:
-        connected, errors = 0, []
-        for pipe in self.pipes:
-            _, n, errs = await self._recv(pipe, timeout)
-            connected += n
-            errors += errs
-        return connected, errors
-
-    async def count(self) -> int:
-        for pipe in self.pipes:
-            pipe.send("count")
-        return sum([(await self._recv(pipe, 30))[1] for pipe in self.pipes])
-
-    async def results(self) -> tuple[dict[int, list[tuple[str, float]]], dict[int, str],
-                                     dict[str, int]]:
-        received: dict[int, list[tuple[str, float]]] = {}
-        closed: dict[int, str] = {}
-        other: Counter[str] = Counter()
-        for pipe in self.pipes:
-            pipe.send("stop")
-        for pipe in self.pipes:
-            _, r, c, o = await self._recv(pipe, 60)
-            received.update(r)
-            closed.update(c)
-            other.update(o)
-        return received, closed, dict(other)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-
-
 # --- the paced poster ---------------------------------------------------------------------
 
 
@@ -683,6 +517,7 @@ class WebhookBench:
     seconds: float = 10.0
     client_procs: int = 2
     gateway_loop: str = "uvloop"
+    workers: int = 1  # uvicorn workers of the gateway, and of the bare app alike
     profile_dir: Path | None = None
     extra_messages: int = 0  # older messages of another sub-account, seeded first
 
@@ -729,10 +564,11 @@ class WebhookBench:
                "DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url,
                "HUB_ACTORS": "false"}
         module = "hub.bench_webhooks"
+        workers = ["--workers", str(self.workers)]
         children.start("gateway", ["-m", module, "--serve", "gateway", "--port", str(gw_port),
-                                   "--loop", self.gateway_loop], env)
+                                   "--loop", self.gateway_loop, *workers], env)
         children.start("bare", ["-m", module, "--serve", "bare", "--port", str(bare_port),
-                                "--loop", "uvloop"], env)
+                                "--loop", "uvloop", *workers], env)
         await children.wait_http("gateway", f"{gateway_url}/readyz", 120)
         await children.wait_http("bare", f"{bare_url}/", 60)
         return gateway_url, bare_url
@@ -842,6 +678,7 @@ class WebhookBench:
         return {
             "callbacks": len(timed), "warmup_callbacks": len(warm),
             "concurrency": self.concurrency, "gateway_loop": self.gateway_loop,
+            "workers": self.workers,
             "gateway_req_per_s": round(gw.rate, 1),
             "gateway_p50_ms": _ms(_percentile(gw.latencies, 50)),
             "gateway_p99_ms": _ms(_percentile(gw.latencies, 99)),
@@ -984,78 +821,6 @@ async def _stages(hub: Any, tenants: list[Tenant], posted: Posted) -> dict[str, 
             "ws_apply_start_p99_ms": _ms(_percentile(started, 99))}
 
 
-# --- the report ---------------------------------------------------------------------------
-
-
-def print_report(r: dict[str, Any], console: Console) -> None:
-    lines = [
-        f"[bold]Ingest[/bold]: {r['callbacks']:,} signed Twilio status callbacks (after "
-        f"{r['warmup_callbacks']:,} warm-up), {r['concurrency']} concurrent, aiohttp; "
-        f"{r['extra_messages']:,} older messages in the table",
-        f"  gateway ({r['gateway_loop']}): {r['gateway_req_per_s']:,.0f} req/s, ack p50 "
-        f"{r['gateway_p50_ms']} ms, p99 {r['gateway_p99_ms']} ms, non-2xx {r['gateway_errors']}",
-        f"  bare FastAPI 204: {r['bare_req_per_s']:,.0f} req/s (runs "
-        f"{r['bare_runs_req_per_s']}), p50 {r['bare_p50_ms']} ms, p99 {r['bare_p99_ms']} ms",
-        f"  gateway / bare = {r['ingest_ratio']:.2f} against the mean of the two baseline runs "
-        f"(target ≥ {TARGETS['ingest_ratio']}); by CPU per request "
-        f"{r['ingest_cpu_ratio']:.2f}",
-        f"  stored {r['stored']:,}, applied {r['applied']:,}, messages delivered "
-        f"{r['delivered']:,} (of {r['callbacks'] + r['warmup_callbacks']:,}); applying "
-        f"finished {r['apply_drain_seconds']} s after the last ack",
-        f"  CPU ms per callback: gateway run {r['gateway_cpu']['cpu_ms_per_request']}, "
-        f"bare runs (mean) {r['bare_cpu']['cpu_ms_per_request']}; cores used by other work "
-        f"meanwhile: gateway run {r['gateway_cpu']['cores_used']['others']}, bare runs "
-        f"{r['bare_cpu']['cores_used']['others']}",
-        f"[bold]Webhook → WebSocket[/bold]: {r['ws_clients']} clients = "
-        f"{r['ws_sub_accounts']} sub-accounts × {r['ws_clients_per_sub_account']} clients, "
-        f"each on `inbox` of its sub-account, in {r['ws_client_processes']} client processes",
-        f"  posted {r['ws_events_posted']:,} callbacks at {r['ws_post_rate_per_s']:,.0f}/s "
-        f"(asked {r['ws_rate_per_s']:,.0f}/s), ack p50 {r['ws_post_ack_p50_ms']} ms, p99 "
-        f"{r['ws_post_ack_p99_ms']} ms, non-2xx {r['ws_post_errors']}, applied "
-        f"{r['ws_applied']:,}",
-        f"  deliveries {r['ws_deliveries']:,} of {r['ws_expected_deliveries']:,} (missed "
-        f"{r['ws_missed']:,}, duplicates {r['ws_duplicates']}, closed {r['ws_closed']})",
-        f"  latency POST sent → client received: p50 {r['ws_p50_ms']} ms, p90 "
-        f"{r['ws_p90_ms']} ms, p99 {r['ws_p99_ms']} ms, max {r['ws_max_ms']} ms (targets "
-        f"≤ {TARGETS['ws_p50_ms']:g} / ≤ {TARGETS['ws_p99_ms']:g} ms)",
-        f"  stages: POST → inbox row p50 {r['ws_stored_p50_ms']} ms / p99 "
-        f"{r['ws_stored_p99_ms']} ms; POST → apply started p50 {r['ws_apply_start_p50_ms']} "
-        f"ms / p99 {r['ws_apply_start_p99_ms']} ms",
-        f"  CPU ms per callback: {r['ws_cpu']['cpu_ms_per_request']}; cores used by us "
-        f"{r['ws_cpu']['cores_used']['ours']}, by others {r['ws_cpu']['cores_used']['others']}",
-        "targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"
-                                for k, v in r["targets"].items()),
-    ]
-    for line in lines:
-        console.print(line, soft_wrap=True)
-
-
-def report_table(r: dict[str, Any]) -> Table:
-    """The figures of record as one table (for `hub bench webhooks`)."""
-    table = Table(title=f"webhooks, {r['date']}")
-    for col in ("measure", "value", "baseline / target", "met"):
-        table.add_column(col)
-    met = list(r["targets"].values())
-    table.add_row("ingest (signed status callbacks)", f"{r['gateway_req_per_s']:,.0f} req/s",
-                  f"bare FastAPI {r['bare_req_per_s']:,.0f} req/s", "")
-    table.add_row("ingest ratio (by CPU)", f"{r['ingest_ratio']:.2f} "
-                  f"({r['ingest_cpu_ratio']:.2f})", f"≥ {TARGETS['ingest_ratio']}",
-                  "yes" if met[0] else "NO")
-    table.add_row("ack p50 / p99", f"{r['gateway_p50_ms']} / {r['gateway_p99_ms']} ms",
-                  f"bare {r['bare_p50_ms']} / {r['bare_p99_ms']} ms", "")
-    table.add_row("stored / applied / delivered", f"{r['stored']:,} / {r['applied']:,} / "
-                  f"{r['delivered']:,}", f"{r['callbacks'] + r['warmup_callbacks']:,}",
-                  "yes" if met[4] else "NO")
-    table.add_row(f"webhook → WebSocket p50 ({r['ws_clients']} clients, "
-                  f"{r['ws_post_rate_per_s']:,.0f}/s)", f"{r['ws_p50_ms']} ms",
-                  f"≤ {TARGETS['ws_p50_ms']:g} ms", "yes" if met[1] else "NO")
-    table.add_row("webhook → WebSocket p99", f"{r['ws_p99_ms']} ms",
-                  f"≤ {TARGETS['ws_p99_ms']:g} ms", "yes" if met[2] else "NO")
-    table.add_row("deliveries (missed)", f"{r['ws_deliveries']:,} ({r['ws_missed']:,})",
-                  f"{r['ws_expected_deliveries']:,}", "yes" if met[3] else "NO")
-    return table
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub.bench_webhooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1083,10 +848,13 @@ def main(argv: list[str] | None = None) -> int:
                              "stacks in DIR)")
     parser.add_argument("--serve", choices=("gateway", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes of the gateway, and of the bare app "
+                             "alike (like for like)")
     parser.add_argument("--loop", default="uvloop", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.loop)
+        serve(args.serve, args.port, args.loop, max(1, args.workers))
         return 0
 
     import logging
@@ -1100,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = WebhookBench(callbacks=args.callbacks, concurrency=args.concurrency,
                         clients=args.clients, sub_accounts=args.sub_accounts, rate=args.rate,
                         seconds=args.seconds, client_procs=max(1, args.client_procs),
-                        gateway_loop=args.gateway_loop, profile_dir=args.profile,
+                        gateway_loop=args.gateway_loop, workers=max(1, args.workers),
+                        profile_dir=args.profile,
                         extra_messages=max(0, args.extra_messages))
     try:
         result = plan.run(settings, console)

@@ -322,14 +322,18 @@ def bench_webhooks_cmd(
     clients: Annotated[int, typer.Option(help="WebSocket clients")] = 500,
     rate: Annotated[float, typer.Option(help="callbacks per second, WebSocket run")] = 1000.0,
     seconds: Annotated[float, typer.Option(help="length of the WebSocket run")] = 10.0,
+    workers: Annotated[int, typer.Option(help="uvicorn workers of the gateway, and of the "
+                                         "bare app alike")] = 1,
 ) -> None:
     """Signed Twilio status callbacks ingested per second beside a bare FastAPI endpoint,
     and webhook → WebSocket latency with many connected clients."""
-    from hub.bench_webhooks import BenchError, WebhookBench, report_table
+    from hub.bench_webhooks import WebhookBench
+    from hub.bench_webhooks_clients import BenchError
+    from hub.bench_webhooks_report import report_table
 
     settings = _settings()
     plan = WebhookBench(callbacks=callbacks, concurrency=concurrency, clients=clients,
-                        rate=rate, seconds=seconds)
+                        rate=rate, seconds=seconds, workers=max(1, workers))
     try:
         r = plan.run(settings, console)
     except BenchError as exc:

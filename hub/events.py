@@ -41,6 +41,8 @@ class Event:
     topic: str | None
     data: dict[str, Any]
     created_at: datetime
+    #: `data` as JSON, when the writer already has it (`append`): not serialized again
+    data_json: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,24 @@ class Event:
             "data": self.data,
             "created_at": self.created_at.isoformat(),
         }
+
+    def frame(self) -> str:
+        """The feed's `event` frame (docs/realtime.md, section 4), serialized once per
+        event: every replica and every client gets this same text."""
+        data = self.data_json if self.data_json is not None else compact(self.data)
+        return (f'{{"type":"event","id":"{self.id}","seq":{self.seq},'
+                f'"event":{compact(self.type)},"topic":{compact(self.topic)},'
+                f'"data":{data},"created_at":"{self.created_at.isoformat()}"}}')
+
+    def wire(self) -> str:
+        """What `publish` sends: a one-line JSON header with what the feed routes by, then
+        the frame as clients get it (`gateway.feed.LiveEvent.from_wire` reads it)."""
+        return (f'{{"seq":{self.seq},"event":{compact(self.type)},'
+                f'"topic":{compact(self.topic)}}}\n{self.frame()}')
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[Event]:
@@ -79,8 +99,8 @@ async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[
         seqs.extend(range(row["event_seq"] - len(group) + 1, row["event_seq"] + 1))
     if not items:
         return []
-    # Serialized once: the text goes to the log as it is, and its parse is the snapshot.
-    texts = [json.dumps(i.data, default=str) for i in items]
+    # Serialized once: the text goes to the log and, spliced into the frame, to the feed.
+    texts = [compact(i.data) for i in items]
     rows = await conn.fetch(
         """INSERT INTO events (sub_account_id, seq, type, topic, data)
            SELECT u.sa, u.seq, u.type, u.topic, u.data::jsonb
@@ -89,8 +109,8 @@ async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[
            RETURNING id, created_at""",
         [i.sub_account_id for i in items], seqs, [i.type for i in items],
         [i.topic for i in items], texts)
-    return [Event(row["id"], item.sub_account_id, seq, item.type, item.topic, json.loads(t),
-                  row["created_at"])
+    return [Event(row["id"], item.sub_account_id, seq, item.type, item.topic, item.data,
+                  row["created_at"], t)
             for row, item, seq, t in zip(rows, items, seqs, texts, strict=True)]
 
 
@@ -102,7 +122,7 @@ async def publish(redis: aioredis.Redis, events: list[Event]) -> None:
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for e in events:
-                pipe.publish(channel_for(e.sub_account_id), json.dumps(e.to_json()))
+                pipe.publish(channel_for(e.sub_account_id), e.wire())
             await pipe.execute()
     except Exception:  # Redis down: clients resume from the durable log
         log.warning("event publish failed; feed clients will catch up from the log",

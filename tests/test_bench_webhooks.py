@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-from hub.bench_webhooks import RESULT_FIELDS
+from hub.bench_webhooks_report import RESULT_FIELDS
 
 
 def _run(*args: str, timeout: float = 300) -> tuple[dict[str, Any], str]:

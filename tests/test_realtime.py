@@ -632,3 +632,23 @@ def test_client_frames(text: str | None, parsed: protocol.ClientFrame | None) ->
             protocol.parse_client_frame(text)
     else:
         assert protocol.parse_client_frame(text) == parsed
+
+
+def test_published_event_reaches_clients_as_the_frame_the_log_replays() -> None:
+    """The live path splices the writer's JSON into the frame and only parses a short
+    header; the frame must be the one a replay from the log builds, field for field."""
+    from datetime import UTC, datetime
+
+    data = {"id": uuid.uuid4(), "body": "caf\u00e9 \"quoted\"\nline", "n": 3, "at": None}
+    text = events.compact(data)
+    written = events.Event(uuid.uuid4(), uuid.uuid4(), 42, "message.created",
+                           f"conversation:{uuid.uuid4()}", data, datetime.now(UTC), text)
+    live = protocol.LiveEvent.from_wire(written.wire().encode())
+    replayed = events.Event(written.id, written.sub_account_id, 42, written.type,
+                            written.topic, json.loads(text), written.created_at)
+    assert (live.seq, live.type, live.topic) == (42, "message.created", written.topic)
+    assert live.frame == replayed.frame()
+    assert json.loads(live.frame) == {"type": "event", **replayed.to_json()}
+    no_topic = events.Event(written.id, written.sub_account_id, 43, "contact.created", None,
+                            {"id": "c"}, written.created_at)
+    assert protocol.LiveEvent.from_wire(no_topic.wire()).topic is None

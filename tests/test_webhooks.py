@@ -762,3 +762,35 @@ async def test_sendgrid_signed_vector_batches(
                     if v["public_key_b64_der"] == generated["public_key_b64_der"] and v["valid"]
                     for e in json.loads(v["raw_body"])})
     assert await hub.pool.fetchval("SELECT count(*) FROM webhook_events") == n_events
+
+
+# --- the fast path (gateway/webhook_fastpath.py): FastAPI's answers, metrics and docs ------
+
+
+async def test_fast_path_answers_problems_counts_routes_and_keeps_the_docs(
+        api: httpx.AsyncClient, hub: Hub, settings: Settings) -> None:
+    before = await counts(hub)
+    forged = "MessageSid=SM" + "9" * 32 + "&MessageStatus=delivered&AccountSid=AC-nobody"
+    assert_problem(await post_twilio(api, settings, STATUS, forged, signature="Zm9yZ2Vk"),
+                   403, "webhook_signature_invalid")
+    assert_problem(await api.post(STATUS, content=b"Body=\xff\xfe", headers=FORM), 400,
+                   "bad_request")
+
+    async def chunks() -> Any:  # no Content-Length: the limit applies as the body is read
+        for _ in range(settings.max_body_bytes // 65536 + 2):
+            yield b"x" * 65536
+    assert_problem(await api.post(STATUS, content=chunks(), headers=FORM), 413,
+                   "payload_too_large", "body")
+    assert_problem(await api.post(EVENTS, content=b"[]", params={"account": "nope"}), 403,
+                   "webhook_signature_invalid")
+    assert_problem(await api.get(VOICE_STATUS), 405)  # other methods still reach FastAPI
+    assert await counts(hub) == before
+
+    metrics = (await api.get("/metrics")).text
+    for route, status in ((STATUS, 403), (STATUS, 400), (STATUS, 413), (EVENTS, 403)):
+        assert (f'hub_http_requests_total{{method="POST",route="{route}",status="{status}"}}'
+                in metrics), (route, status)
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    for path in (INBOUND, STATUS, VOICE_STATUS, EVENTS):
+        assert "post" in paths[path], path
+    assert [p["name"] for p in paths[EVENTS]["post"]["parameters"]] == ["account"]

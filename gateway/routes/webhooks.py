@@ -2,8 +2,10 @@
 signed Event Webhook. No API key: the provider's signature is the authentication.
 
 Each request verifies the signature on the raw body, stores the event in the durable inbox
-(hub/inbox.py: concurrent requests share one INSERT) and answers 2xx once it is committed;
-the inbox's applier, started with the app, applies events in batches, and also whatever a
+(hub/inbox.py: concurrent requests share one INSERT) and answers 2xx once it is committed.
+The requests are served by gateway/webhook_fastpath.py ahead of FastAPI's routing; the
+routes here document them in the OpenAPI schema and run the same code without it.
+The inbox's applier, started with the app, applies events in batches, and also whatever a
 crash or restart left pending, and retries orphans.
 
 SendGrid: configure the Event Webhook URL as
@@ -18,16 +20,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 
-from channels.sendgrid import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from channels.twilio_sms import InvalidCallback
+from gateway.webhook_fastpath import PREFIX, respond
 from hub import inbox
-
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
-TWILIO_SIGNATURE = "X-Twilio-Signature"
 
 
 async def hand_off(app: FastAPI, messages: list[dict[str, Any]]) -> None:
@@ -53,24 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(prefix="/v1/providers", tags=["provider webhooks"], lifespan=_lifespan)
-
-
-async def _twilio(request: Request, kind: str) -> None:
-    box: inbox.Inbox = request.app.state.inbox
-    body = await request.body()
-    try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the form body is not UTF-8") from None
-    # Twilio signs the URL it was configured with, so check against our public URL, never
-    # the Host header a proxy hands us; the query string is kept byte for byte.
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    url = box.hub.settings.base_url + request.scope["path"] + (f"?{query}" if query else "")
-    try:
-        await box.receive_twilio(kind, url, pairs, request.headers.get(TWILIO_SIGNATURE))
-    except InvalidCallback as exc:
-        raise HTTPException(400, str(exc)) from None
+router = APIRouter(prefix=PREFIX, tags=["provider webhooks"], lifespan=_lifespan)
 
 
 @router.post("/twilio/sms/inbound", response_class=Response, status_code=200,
@@ -78,30 +58,23 @@ async def _twilio(request: Request, kind: str) -> None:
 async def twilio_sms_inbound(request: Request) -> Response:
     """An incoming SMS/MMS (form post signed with X-Twilio-Signature). Answers empty TwiML:
     compliance replies are sent through the API, not as TwiML."""
-    await _twilio(request, "sms_inbound")
-    return Response(EMPTY_TWIML, media_type="text/xml")
+    return await respond(request, "sms_inbound")
 
 
 @router.post("/twilio/sms/status", status_code=204, response_class=Response)
 async def twilio_sms_status(request: Request) -> Response:
     """A message status callback (our `?message_id=` names the message)."""
-    await _twilio(request, "sms_status")
-    return Response(status_code=204)
+    return await respond(request, "sms_status")
 
 
 @router.post("/twilio/voice/status", status_code=204, response_class=Response)
 async def twilio_voice_status(request: Request) -> Response:
     """A call progress callback."""
-    await _twilio(request, "voice_status")
-    return Response(status_code=204)
+    return await respond(request, "voice_status")
 
 
 @router.post("/sendgrid/events", status_code=204, response_class=Response)
 async def sendgrid_events(request: Request, account: str | None = None) -> Response:
     """A SendGrid Event Webhook batch, ECDSA-signed; `account` is the provider account id
     the webhook URL was configured with. Signatures older than 10 minutes are refused."""
-    box: inbox.Inbox = request.app.state.inbox
-    await box.receive_sendgrid(account, await request.body(),
-                               request.headers.get(SIGNATURE_HEADER),
-                               request.headers.get(TIMESTAMP_HEADER))
-    return Response(status_code=204)
+    return await respond(request, "sendgrid_events")
