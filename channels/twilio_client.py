@@ -1,5 +1,7 @@
-"""The twilio SDK wired for the hub: one aiohttp pool shared by every provider account, real
-timeouts, response headers kept for Retry-After, and each account's base URL applied.
+"""Twilio's REST API for the hub: one aiohttp pool shared by every provider account, real
+timeouts, and each account's base URL applied. Creating a message or a call (the hot path) is
+one direct form POST; fetches and lists (reconciliation) go through the official SDK, on the
+same pool, with the response headers kept for Retry-After.
 
 How a base URL reaches the SDK: every product domain of `twilio.rest.Client` is a
 `twilio.base.domain.Domain` whose public `base_url` attribute prefixes every request it
@@ -9,25 +11,35 @@ follow, at the sandbox carrier or a regional edge; no URL rewriting, no private 
 Edge and region come from the account's config only (the SDK would otherwise read
 TWILIO_EDGE / TWILIO_REGION from the process environment), and are ignored when a base
 URL is set because the SDK's host rewriting assumes a *.twilio.com host.
+
+The direct POST asks the same client, once per account, for its URL (`Version.absolute_url`,
+then `get_hostname` for edge and region) and its headers (`get_headers`, plus Basic auth), so
+both paths reach the same host with the same headers. The SDK stays the oracle for the
+form fields (tests/test_twilio_wire.py); on the hot path its request layers cost a quarter
+of the adapter's rate (BENCHMARKS.md, channel adapters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
 
 import aiohttp
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
+from yarl import URL
 
 from channels.base import ErrorKind, ProviderCredentials, SendError, SendResult
-from channels.twilio_errors import error_from_exception
+from channels.twilio_errors import error_from_exception, error_from_response
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,8 +53,9 @@ _response_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
 class HubTwilioHttpClient(AsyncTwilioHttpClient):
     """AsyncTwilioHttpClient with the three things the hub needs that it lacks: a
     ClientTimeout (the stock client passes `timeout=None`, which aiohttp reads as "wait
-    forever"), one tuned connection pool created in the running loop, and the response
-    headers of the last request in this task. It never logs the Authorization header."""
+    forever"), one tuned connection pool created in the running loop (the direct creates
+    use it too), and the response headers of the last request in this task. It never logs
+    the Authorization header."""
 
     def __init__(self, *, max_connections: int = 128, connect_timeout: float = 5.0,
                  read_timeout: float = 15.0) -> None:
@@ -52,7 +65,7 @@ class HubTwilioHttpClient(AsyncTwilioHttpClient):
         self._max_connections = max_connections
         self._pool: aiohttp.ClientSession | None = None
 
-    def _session(self) -> aiohttp.ClientSession:
+    def pool(self) -> aiohttp.ClientSession:
         if self._pool is None:  # created here, inside the running event loop
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
                                              ttl_dns_cache=300)
@@ -69,12 +82,11 @@ class HubTwilioHttpClient(AsyncTwilioHttpClient):
         _response_headers.set(None)
         headers = dict(headers or {})
         if auth is not None:
-            raw = f"{auth[0]}:{auth[1]}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+            headers["Authorization"] = basic_auth(*auth)
         request_timeout = self._client_timeout if timeout is None else aiohttp.ClientTimeout(
             total=timeout, sock_connect=self._client_timeout.sock_connect)
         log.debug("twilio request %s %s", method, url.split("?", 1)[0])
-        async with self._session().request(
+        async with self.pool().request(
                 method.upper(), url, params=cast(Any, params), data=data, headers=headers,
                 timeout=request_timeout, allow_redirects=allow_redirects) as resp:
             text = await resp.text()
@@ -88,50 +100,84 @@ class HubTwilioHttpClient(AsyncTwilioHttpClient):
             self._pool = None
 
 
-class TwilioClients:
-    """One SDK Client per (account SID, base URL), reused; least recently used evicted.
-    A rotated auth token replaces the cached client."""
+@dataclass(frozen=True, slots=True)
+class TwilioAccount:
+    """One account's SDK client (fetch and list) and what a direct create needs."""
 
-    def __init__(self, http: HubTwilioHttpClient, max_clients: int = 1024) -> None:
+    client: Client
+    secret: str = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)  # the SDK's, with Basic auth
+    urls: Mapping[str, URL]  # by resource: Messages, Calls
+
+
+class TwilioAccounts:
+    """One TwilioAccount per (account SID, base URL), reused; least recently used evicted.
+    A rotated auth token replaces the cached one."""
+
+    def __init__(self, http: HubTwilioHttpClient, max_accounts: int = 1024) -> None:
         self._http = http
-        self._max = max_clients
-        self._clients: OrderedDict[tuple[str, str], Client] = OrderedDict()
+        self._max = max_accounts
+        self._accounts: OrderedDict[tuple[str, str], TwilioAccount] = OrderedDict()
 
-    def get(self, creds: ProviderCredentials) -> Client:
+    def get(self, creds: ProviderCredentials) -> TwilioAccount:
         key = (creds.account_id, creds.base_url or "")
-        client = self._clients.get(key)
-        if client is None or client.password != creds.secret:
-            client = self._build(creds)
-            self._clients[key] = client
-            while len(self._clients) > self._max:
-                self._clients.popitem(last=False)
+        account = self._accounts.get(key)
+        if account is None or account.secret != creds.secret:
+            account = self._build(creds)
+            self._accounts[key] = account
+            while len(self._accounts) > self._max:
+                self._accounts.popitem(last=False)
         else:
-            self._clients.move_to_end(key)
-        return client
+            self._accounts.move_to_end(key)
+        return account
 
-    def _build(self, creds: ProviderCredentials) -> Client:
+    def _build(self, creds: ProviderCredentials) -> TwilioAccount:
         client = Client(creds.account_id, creds.secret, http_client=self._http)
         edge, region = creds.config.get("edge"), creds.config.get("region")
         client.edge = None if creds.base_url else (str(edge) if edge else None)
         client.region = None if creds.base_url else (str(region) if region else None)
         if creds.base_url:
             client.api.base_url = creds.base_url.rstrip("/")
-        return client
+        headers = client.get_headers("POST", {"Accept": "application/json"})
+        headers["Authorization"] = basic_auth(creds.account_id, creds.secret)
+        urls = {resource: URL(client.get_hostname(client.api.v2010.absolute_url(
+                    f"Accounts/{creds.account_id}/{resource}.json")))
+                for resource in ("Messages", "Calls")}
+        return TwilioAccount(client, creds.secret, headers, urls)
 
 
 class TwilioTransport:
-    """What the Twilio adapters share: the pool, the clients and a bound on concurrency."""
+    """What the Twilio adapters share: the pool, the accounts and a bound on concurrency."""
 
     def __init__(self, *, concurrency: int = 64, connect_timeout: float = 5.0,
                  read_timeout: float = 15.0) -> None:
         self.http = HubTwilioHttpClient(max_connections=concurrency,
                                         connect_timeout=connect_timeout,
                                         read_timeout=read_timeout)
-        self.clients = TwilioClients(self.http)
+        self.accounts = TwilioAccounts(self.http)
         self._slots = asyncio.Semaphore(concurrency)
 
+    async def create(self, creds: ProviderCredentials, resource: str,
+                     form: Sequence[tuple[str, str]]) -> tuple[str, str] | SendError:
+        """POST one Messages or Calls resource: its (sid, status), or the SendError the
+        failure means. A 2xx answer without a sid may have created it: IN_DOUBT."""
+        account = self.accounts.get(creds)
+        body = urlencode(form).encode()
+        async with self._slots:
+            try:
+                async with self.http.pool().post(
+                        account.urls[resource], data=body, headers=account.headers,
+                        allow_redirects=False) as resp:
+                    answer = await resp.read()
+                    if not 200 <= resp.status < 300:
+                        return error_from_response(resp.status, answer, resp.headers)
+                created = json.loads(answer.decode())
+                return str(created["sid"]), str(created.get("status") or "")
+            except Exception as exc:
+                return error_from_exception(exc)
+
     async def attempt(self, call: Callable[[], Awaitable[T]]) -> T | SendError:
-        """Run one SDK call; a failure comes back as the SendError it means."""
+        """Run one SDK call (fetch, list); a failure comes back as the SendError it means."""
         async with self._slots:
             try:
                 return await call()
@@ -140,6 +186,10 @@ class TwilioTransport:
 
     async def close(self) -> None:
         await self.http.close()
+
+
+def basic_auth(user: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
 
 
 def log_outcomes(channel: str, results: Sequence[SendResult]) -> None:

@@ -1,6 +1,6 @@
 """Twilio failures mapped onto the hub's closed SendError catalogue: one table-driven
 function for Twilio error codes (REST answers and status-callback ErrorCodes alike), one for
-what the transport raises.
+an error answer and one for what the transport (or the SDK) raises.
 
 The line that matters most is IN_DOUBT vs CONNECTION_FAILED: a refused connection, a DNS
 failure or a connect timeout provably never reached Twilio, so a retry is safe; anything
@@ -56,6 +56,26 @@ def classify_twilio_error(http_status: int | None, code: int | str | None, messa
     text = f"twilio {provider_code}: {message}" if provider_code else f"twilio: {message}"
     return SendError(kind=kind, message=text, provider_code=provider_code,
                      retry_after=retry_after if kind is ErrorKind.THROTTLED else None)
+
+
+def error_from_response(status: int, body: bytes,
+                        headers: Mapping[str, str] | None = None) -> SendError:
+    """What a non-2xx answer to a direct request means, read as the SDK reads it
+    (`Version.exception`): an RFC 9457 problem, Twilio's {code, message}, or only the status."""
+    retry_after = parse_retry_after(headers)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return classify_twilio_error(status, status, f"HTTP {status}", retry_after=retry_after)
+    if all(k in payload for k in ("type", "title", "status", "code")):
+        return classify_twilio_error(payload["status"], payload["code"],
+                                     str(payload.get("detail") or payload["title"]),
+                                     retry_after=retry_after)
+    return classify_twilio_error(status, payload.get("code", status),
+                                 str(payload.get("message") or f"HTTP {status}"),
+                                 retry_after=retry_after)
 
 
 def error_from_exception(exc: BaseException,

@@ -1,5 +1,6 @@
-"""Twilio SMS/MMS: sends through the official SDK's async client, reconciliation lookups,
-and the parsers and signature check for Twilio's messaging webhooks.
+"""Twilio SMS/MMS: sends as direct form POSTs to Messages.json (the fields the official SDK
+sends), reconciliation lookups through the SDK, and the parsers and signature check for
+Twilio's messaging webhooks.
 
 Twilio's message statuses map onto the hub's lifecycle in one table (STATUS_MAP). Twilio's
 `accepted`, `scheduled`, `queued` and `sending` all mean "Twilio has it, nothing has left
@@ -17,7 +18,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from multidict import MultiDict
-from twilio.base import values
 from twilio.request_validator import RequestValidator
 
 from channels.base import (
@@ -34,7 +34,7 @@ from channels.twilio_errors import classify_twilio_error
 from hub.status import Status
 
 __all__ = ["STATUS_MAP", "InvalidCallback", "LookupFailed", "TwilioSmsAdapter",
-           "callback_error", "classify_twilio_error", "message_params", "parse_inbound",
+           "callback_error", "classify_twilio_error", "message_form", "parse_inbound",
            "parse_status_callback", "verify_signature", "with_message_id"]
 
 log = logging.getLogger(__name__)
@@ -84,22 +84,20 @@ class TwilioSmsAdapter:
         refused = _refuse(creds, message)
         if refused is not None:
             return SendResult(message.message_id, error=refused)
-        client = self._transport.clients.get(creds)
-        outcome = await self._transport.attempt(
-            lambda: client.messages.create_async(**message_params(message)))
+        outcome = await self._transport.create(creds, "Messages", message_form(message))
         if isinstance(outcome, SendError):
             log.debug("twilio sms failed message_id=%s kind=%s code=%s", message.message_id,
                       outcome.kind.value, outcome.provider_code)
             return SendResult(message.message_id, error=outcome)
-        status = STATUS_MAP.get(str(outcome.status), Status.SENDING)
-        log.debug("twilio sms accepted message_id=%s sid=%s", message.message_id, outcome.sid)
-        return SendResult(message.message_id, provider_message_id=outcome.sid, status=status)
+        sid, status = outcome
+        return SendResult(message.message_id, provider_message_id=sid,
+                          status=STATUS_MAP.get(status, Status.SENDING))
 
     async def lookup(self, creds: ProviderCredentials, provider_message_id: str, *,
                      message_id: str | None = None) -> StatusUpdate | None:
         """The message as Twilio has it now, or None if Twilio has no such message.
         Raises LookupFailed when Twilio could not be asked."""
-        client = self._transport.clients.get(creds)
+        client = self._transport.accounts.get(creds).client
         found = await self._transport.attempt(
             lambda: client.messages(provider_message_id).fetch_async())
         if isinstance(found, SendError):
@@ -115,7 +113,7 @@ class TwilioSmsAdapter:
         None when nothing matches (the send never landed). Twilio's Message resource does
         not show the StatusCallback, so two identical texts in the window are ambiguous:
         LookupFailed(IN_DOUBT) rather than a guess."""
-        client = self._transport.clients.get(creds)
+        client = self._transport.accounts.get(creds).client
         sender: dict[str, Any] = {} if message.from_.startswith("MG") else {
             "from_": message.from_}
         found = await self._transport.attempt(
@@ -138,19 +136,21 @@ class TwilioSmsAdapter:
             await self._transport.close()
 
 
-def message_params(message: OutboundMessage) -> dict[str, Any]:
-    """The SDK's create_async arguments for one message."""
-    params: dict[str, Any] = {"to": message.to, "body": message.body or values.unset}
-    if message.from_.startswith("MG"):
-        params["messaging_service_sid"] = message.from_
-    else:
-        params["from_"] = message.from_
-    if message.media_urls:
-        params["media_url"] = list(message.media_urls)
+def message_form(message: OutboundMessage) -> list[tuple[str, str]]:
+    """The Messages.json form for one message: the fields `messages.create_async` sends,
+    in its order; MediaUrl repeats, an empty Body is left out."""
+    form = [("To", message.to)]
     if message.status_callback_url:
-        params["status_callback"] = with_message_id(message.status_callback_url,
-                                                    message.message_id)
-    return params
+        form.append(("StatusCallback", with_message_id(message.status_callback_url,
+                                                       message.message_id)))
+    if message.from_.startswith("MG"):
+        form.append(("MessagingServiceSid", message.from_))
+    else:
+        form.append(("From", message.from_))
+    if message.body:
+        form.append(("Body", message.body))
+    form.extend(("MediaUrl", url) for url in message.media_urls)
+    return form
 
 
 def with_message_id(url: str, message_id: str) -> str:

@@ -1,5 +1,6 @@
-"""Twilio voice: outbound calls with inline TwiML built by the SDK's VoiceResponse, optional
-answering-machine detection for voicemail drops, and the call status-callback parser.
+"""Twilio voice: outbound calls (a direct form POST to Calls.json, the fields the SDK sends)
+with inline TwiML built by the SDK's VoiceResponse, optional answering-machine detection for
+voicemail drops, and the call status-callback parser.
 
 Voicemail: with `MachineDetection=DetectMessageEnd` (synchronous AMD) Twilio holds the call
 until it knows who answered and, for a machine, until the greeting has ended and the beep
@@ -23,7 +24,6 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -41,7 +41,7 @@ from channels.twilio_sms import InvalidCallback, LookupFailed, with_message_id
 from hub.status import Status
 
 __all__ = ["CALL_STATUS_MAP", "STATUS_CALLBACK_EVENTS", "TwilioVoiceAdapter", "build_twiml",
-           "call_params", "parse_call_status"]
+           "call_form", "parse_call_status"]
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,23 @@ def build_twiml(script: VoiceScript) -> tuple[VoiceResponse, bool]:
     return response, voicemail
 
 
-def call_params(message: OutboundMessage) -> dict[str, Any]:
-    """The SDK's calls.create_async arguments for one message."""
+def call_form(message: OutboundMessage) -> list[tuple[str, str]]:
+    """The Calls.json form for one message: the fields `calls.create_async` sends, in its
+    order."""
     script = message.voice or VoiceScript(say=message.body or None)
     if not (script.say or script.play_url or script.voicemail_say or script.voicemail_play_url):
         raise ValueError("a call needs something to say or play")
     twiml, detect = build_twiml(script)
-    params: dict[str, Any] = {"to": message.to, "from_": message.from_, "twiml": twiml}
-    if detect:
-        params["machine_detection"] = MACHINE_DETECTION
+    form = [("To", message.to), ("From", message.from_)]
     if message.status_callback_url:
-        params["status_callback"] = with_message_id(message.status_callback_url,
-                                                    message.message_id)
-        params["status_callback_event"] = list(STATUS_CALLBACK_EVENTS)
-        params["status_callback_method"] = "POST"
-    return params
+        form.append(("StatusCallback", with_message_id(message.status_callback_url,
+                                                       message.message_id)))
+        form.extend(("StatusCallbackEvent", event) for event in STATUS_CALLBACK_EVENTS)
+        form.append(("StatusCallbackMethod", "POST"))
+    if detect:
+        form.append(("MachineDetection", MACHINE_DETECTION))
+    form.append(("Twiml", str(twiml)))
+    return form
 
 
 class TwilioVoiceAdapter:
@@ -114,24 +116,24 @@ class TwilioVoiceAdapter:
         try:
             if message.channel != "voice":
                 raise ValueError(f"the Twilio voice adapter does not send {message.channel}")
-            params = call_params(message)
+            form = call_form(message)
         except ValueError as exc:
             return SendResult(message.message_id,
                               error=SendError(ErrorKind.MESSAGE_INVALID, str(exc)))
-        client = self._transport.clients.get(creds)
-        outcome = await self._transport.attempt(lambda: client.calls.create_async(**params))
+        outcome = await self._transport.create(creds, "Calls", form)
         if isinstance(outcome, SendError):
             log.debug("twilio call failed message_id=%s kind=%s code=%s", message.message_id,
                       outcome.kind.value, outcome.provider_code)
             return SendResult(message.message_id, error=outcome)
-        log.debug("twilio call queued message_id=%s sid=%s", message.message_id, outcome.sid)
-        return SendResult(message.message_id, provider_message_id=outcome.sid,
-                          status=CALL_STATUS_MAP.get(str(outcome.status), Status.SENDING))
+        sid, status = outcome
+        log.debug("twilio call queued message_id=%s sid=%s", message.message_id, sid)
+        return SendResult(message.message_id, provider_message_id=sid,
+                          status=CALL_STATUS_MAP.get(status, Status.SENDING))
 
     async def lookup(self, creds: ProviderCredentials, provider_message_id: str, *,
                      message_id: str | None = None) -> StatusUpdate | None:
         """The call as Twilio has it now, or None if there is no such call."""
-        client = self._transport.clients.get(creds)
+        client = self._transport.accounts.get(creds).client
         found = await self._transport.attempt(
             lambda: client.calls(provider_message_id).fetch_async())
         if isinstance(found, SendError):

@@ -186,10 +186,12 @@ async def test_base_url_and_client_reuse(carrier, monkeypatch) -> None:
     adapter = TwilioSmsAdapter(transport)
     try:
         creds = creds_for(carrier)
-        client = transport.clients.get(creds)
-        assert client.api.base_url == carrier.url and client.region is None
-        assert transport.clients.get(creds) is client
-        assert transport.clients.get(creds_for(carrier, "rotated")) is not client
+        account = transport.accounts.get(creds)
+        assert account.client.api.base_url == carrier.url and account.client.region is None
+        assert str(account.urls["Messages"]) == (
+            f"{carrier.url}/2010-04-01/Accounts/{SID}/Messages.json")
+        assert transport.accounts.get(creds) is account
+        assert transport.accounts.get(creds_for(carrier, "rotated")) is not account
         assert (await adapter.send(creds, message())).ok
     finally:
         await adapter.close()
