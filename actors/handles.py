@@ -1,6 +1,7 @@
 """The gateway's side of the actors: start or join the Supervisor, learn the shard topology
 once, and hand just-persisted messages to the right Sender shard (the fast path; shards also
-claim queued work from PostgreSQL, so a missed hand-off only costs latency)."""
+claim queued work from PostgreSQL, so a missed hand-off only costs latency). Shards are
+called by name: one the Supervisor moved to another node is looked up again."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from actors import ray_api
 from actors.ring import Ring
+from actors.supervisor import scheduler_name, sender_name
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,13 @@ def supervisor_spec(settings: Settings, database_url: str, redis_url: str) -> di
 
 class ActorHandles:
     def __init__(self, topology: dict[str, Any]) -> None:
-        self.senders: dict[str, list[Any]] = topology["senders"]
-        self.schedulers: list[Any] = topology["schedulers"]
         self.sender_ring = Ring(topology["sender_shards"])
         self.scheduler_ring = Ring(topology["scheduler_shards"])
+        self.handles: dict[str, Any] = {  # by shard name
+            sender_name(group, i): h
+            for group, hs in topology["senders"].items() for i, h in enumerate(hs)}
+        self.handles.update({scheduler_name(i): h
+                             for i, h in enumerate(topology["schedulers"])})
 
     @classmethod
     async def connect(cls, settings: Settings, database_url: str,
@@ -45,22 +50,31 @@ class ActorHandles:
                                         "scheduler_shards": topology["scheduler_shards"]})
         return cls(topology)
 
-    def sender_for(self, channel: str, slot: int) -> Any:
-        return self.senders[GROUP_OF[channel]][self.sender_ring.shard_of(slot)]
+    async def _call(self, name: str, method: str, *args: Any, timeout: float) -> Any:
+        """Call shard `name`; if its actor is gone for good (the Supervisor moved the shard
+        to another node, which makes a new actor under the same name), look the name up
+        again and call that one."""
+        try:
+            return await ray_api.call(self.handles[name], method, *args, timeout=timeout)
+        except Exception as exc:
+            if not ray_api.is_actor_error(exc):
+                raise
+            self.handles[name] = ray_api.get_actor(name)
+            return await ray_api.call(self.handles[name], method, *args, timeout=timeout)
 
     async def submit(self, channel: str, slot: int, message_ids: list[str]) -> None:
         """Best effort: on failure the shard's own claim loop picks the messages up."""
+        name = sender_name(GROUP_OF[channel], self.sender_ring.shard_of(slot))
         try:
-            await ray_api.call(self.sender_for(channel, slot), "submit", message_ids,
-                               timeout=10)
+            await self._call(name, "submit", message_ids, timeout=10)
         except Exception as exc:
             log.warning("hand-off to sender shard failed; it will claim the message itself",
                         extra={"error": type(exc).__name__})
 
     async def kick(self, slot: int) -> None:
         try:
-            await ray_api.call(self.schedulers[self.scheduler_ring.shard_of(slot)], "kick",
-                               timeout=30)
+            await self._call(scheduler_name(self.scheduler_ring.shard_of(slot)), "kick",
+                             timeout=30)
         except Exception as exc:
             log.warning("scheduler kick failed; its next tick will pick the campaign up",
                         extra={"error": type(exc).__name__})

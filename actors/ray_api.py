@@ -5,10 +5,11 @@ Topology: one detached, named Supervisor; it creates a fixed pool of Scheduler s
 per channel group, Sender shards, each named and restarted by Ray when it dies
 (`max_restarts=-1`). Shards rebuild their state from PostgreSQL when they come back.
 
-Placement: shard `i` is pinned softly to the i-th alive node (round robin), so shards spread
-over the cluster's nodes; when a node leaves, Ray restarts its actors on the nodes left (the
-soft affinity falls back to any node). Every actor starts its loop as soon as Ray (re)creates
-it, so a Supervisor restarted on another node resumes reconciling without being called.
+Placement: the Supervisor decides which node each shard runs on (`actors/placement.py`) and
+pins it there softly (a shard whose node is gone is restarted by Ray anywhere); when the
+alive nodes change it moves the shards that are not where the plan wants them. Every actor
+starts its loop as soon as Ray (re)creates it, so a Supervisor restarted on another node
+resumes reconciling without being called.
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ async def _boot(actor: Any) -> None:
 
 
 def alive_nodes() -> list[str]:
-    """Ids of the cluster's alive nodes that can host actors, in a stable order."""
-    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    """Ids of the cluster's alive nodes that can host shards, in a stable order: a node
+    started with no CPUs (`ray start --head --num-cpus=0`, to keep the head small) gets
+    none."""
+    return sorted(n["NodeID"] for n in ray.nodes()
+                  if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
 
 
 def create_shard(kind: str, name: str, spec: dict[str, Any],
@@ -190,6 +194,18 @@ def actor_placement(names: list[str]) -> dict[str, dict[str, Any]]:
 
 def get_actor(name: str) -> Any:
     return ray.get_actor(name, namespace=NAMESPACE)
+
+
+async def wait_name_free(name: str, timeout: float = 60.0) -> None:
+    """Wait until no actor holds `name` (a killed actor releases it once it is dead)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            get_actor(name)
+        except ValueError:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"actor {name} did not release its name")
 
 
 def kill(handle: Any, *, restart: bool = True) -> None:

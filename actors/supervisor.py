@@ -1,5 +1,6 @@
 """The Supervisor: places sub-accounts on a fixed pool of shards by consistent hashing,
-creates the shards once, spread over the cluster's nodes, keeps them alive, and reconciles
+creates the shards once, spread over the cluster's nodes (and moves them when nodes leave or
+join, `actors/placement.py`), keeps them alive, and reconciles
 what dead shards left behind: sends whose outcome is unknown are resolved by asking the
 provider, never by resending blindly.
 
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from actors import ray_api
+from actors import placement, ray_api
 from actors.metrics import Metrics
 from actors.ring import Ring
 from channels.base import OutboundMessage, ProviderCredentials
@@ -47,8 +48,7 @@ class Supervisor:
         self.spec, self.pool, self.redis, self.box, self.metrics = spec, pool, redis, box, metrics
         self.sender_ring = Ring(spec["sender_shards"])
         self.scheduler_ring = Ring(spec["scheduler_shards"])
-        self.senders: dict[str, list[Any]] = {}
-        self.schedulers: list[Any] = []
+        self.handles: dict[str, Any] = {}  # by shard name
         #: How long an unresolved in-doubt send waits before the provider's silence counts.
         self.grace = timedelta(seconds=float(spec.get("in_doubt_grace_s", 120.0)))
 
@@ -58,30 +58,58 @@ class Supervisor:
         return {**{k: self.spec[k] for k in keys if k in self.spec}, "owner": owner,
                 "slots": list(slots), **extra}
 
+    def _shards(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every shard of the hub, by name, in a fixed order: (kind, spec)."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for group, channels in CHANNEL_GROUPS.items():
+            for i in range(self.sender_ring.shards):
+                out[sender_name(group, i)] = ("sender", self._shard_spec(
+                    f"sender:{group}:{i}", self.sender_ring.slots_of(i), channels=channels))
+        for i in range(self.scheduler_ring.shards):
+            out[scheduler_name(i)] = ("scheduler", self._shard_spec(
+                f"scheduler:{i}", self.scheduler_ring.slots_of(i)))
+        return out
+
     async def create_shards(self) -> None:
-        """Create (or, after a restart, get back) every shard. Shards of one kind go round
-        robin over the alive nodes, offset per group so one node does not get every group's
-        shard 0; the pin is soft, so a shard whose node is gone is restarted elsewhere."""
-        nodes = ray_api.alive_nodes()
-
-        def node(i: int) -> str | None:
-            return nodes[i % len(nodes)] if nodes else None
-
-        for g, (group, channels) in enumerate(CHANNEL_GROUPS.items()):
-            self.senders[group] = [
-                ray_api.create_shard("sender", sender_name(group, i), self._shard_spec(
-                    f"sender:{group}:{i}", self.sender_ring.slots_of(i), channels=channels),
-                    node_id=node(i + g))
-                for i in range(self.sender_ring.shards)]
-        self.schedulers = [
-            ray_api.create_shard("scheduler", scheduler_name(i), self._shard_spec(
-                f"scheduler:{i}", self.scheduler_ring.slots_of(i)),
-                node_id=node(i + len(CHANNEL_GROUPS)))
-            for i in range(self.scheduler_ring.shards)]
+        """Create (or, after a restart, get back) every shard, each softly pinned to the
+        node the placement plan gives it over the alive nodes: round robin, so shards spread
+        and as many shards as nodes run one per node. A shard whose node is gone is restarted
+        by Ray anywhere; `rebalance` then moves it where the plan wants it."""
+        targets = placement.plan(list(self._shards()), {}, ray_api.alive_nodes())
+        for name, (kind, spec) in self._shards().items():
+            self.handles[name] = ray_api.create_shard(kind, name, spec,
+                                                      node_id=targets.get(name))
         await self.ping_all()
 
+    async def rebalance(self) -> list[str]:
+        """Move the shards that are not where the placement plan over the alive nodes puts
+        them (their node left, or a node joined and the others are over their share); each
+        one is stopped (its sends in flight finish, its leases go back), then created again
+        on its node. Waits while Ray is still restarting a shard. Returns the shards moved."""
+        shards = self._shards()
+        placed = ray_api.actor_placement(list(shards))
+        if len(placed) < len(shards):
+            return []
+        moves = placement.plan(list(shards), {n: p["node"] for n, p in placed.items()},
+                               ray_api.alive_nodes())
+        for name, node in moves.items():
+            kind, spec = shards[name]
+            old = self.handles[name]
+            with contextlib.suppress(Exception):  # one that cannot drain is killed all the same
+                await ray_api.call(old, "stop", timeout=30)
+            ray_api.kill(old, restart=False)
+            await ray_api.wait_name_free(name)
+            self.handles[name] = ray_api.create_shard(kind, name, spec, node_id=node)
+            log.info("shard moved", extra={"shard": name, "node": node})
+        if moves:
+            await self.ping_all()
+        return list(moves)
+
     def topology(self) -> dict[str, Any]:
-        return {"senders": self.senders, "schedulers": self.schedulers,
+        h = self.handles
+        return {"senders": {g: [h[sender_name(g, i)] for i in range(self.sender_ring.shards)]
+                            for g in CHANNEL_GROUPS},
+                "schedulers": [h[scheduler_name(i)] for i in range(self.scheduler_ring.shards)],
                 "sender_shards": self.sender_ring.shards,
                 "scheduler_shards": self.scheduler_ring.shards}
 
@@ -93,7 +121,7 @@ class Supervisor:
 
     async def ping_all(self, timeout_s: float = 60.0) -> int:
         """Ping every shard (a restarted one starts its loop on the first call)."""
-        shards = [h for hs in self.senders.values() for h in hs] + self.schedulers
+        shards = list(self.handles.values())
         results = await ray_api.gather([(h, "ping", ()) for h in shards], timeout=timeout_s)
         down = sum(1 for r in results if isinstance(r, BaseException))
         for r in results:
@@ -172,6 +200,10 @@ class Supervisor:
             with contextlib.suppress(Exception):  # a shard on a lost node waits for Ray
                 await self.ping_all(timeout_s=10.0)
             try:
+                await self.rebalance()
+            except Exception:
+                log.warning("rebalance failed", exc_info=True)
+            try:
                 await self.reconcile()
             except Exception:
                 log.warning("reconcile failed", exc_info=True)
@@ -181,7 +213,7 @@ class Supervisor:
     async def stop_shards(self) -> None:
         with contextlib.suppress(Exception):
             await self.redis.delete(ray_api.SUPERVISOR_KEY)
-        shards = [h for hs in self.senders.values() for h in hs] + self.schedulers
+        shards = list(self.handles.values())
         await ray_api.gather([(h, "stop", ()) for h in shards], timeout=60)
         for h in shards:
             ray_api.kill(h, restart=False)

@@ -205,10 +205,11 @@ class Density:
 
     async def _cold_start(self, hub: Hub, principal: Principal, api: httpx.AsyncClient,
                           carrier: httpx.AsyncClient, carrier_url: str) -> dict[str, Any]:
-        """One message at a time, so nothing queues: REST send → carrier accepted."""
+        """One message at a time, so nothing queues: REST send → carrier accepted, and
+        REST send → its 202 (persisted and handed to the shard), which is part of it."""
         sas = await self._sub_accounts(hub, principal, api, carrier_url, self.cold,
                                        offset=self.n + 1)
-        times: dict[str, list[float]] = {"cold": [], "warm": []}
+        times: dict[str, list[float]] = {"cold": [], "warm": [], "cold_202": [], "warm_202": []}
         for kind in ("cold", "warm"):
             for i, sa in enumerate(sas):
                 to = f"+1628{5000000 + i * 2 + (kind == 'warm')}"
@@ -217,6 +218,7 @@ class Density:
                 await _ok(api.post(f"/v1/sub-accounts/{sa}/messages", json={
                     "channel": "sms", "to": to, "body": "Your code is 1234"},
                     headers={"Idempotency-Key": uuid4().hex}))
+                times[f"{kind}_202"].append((time.time() - t) * 1000)
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     rows = (await carrier.get("/sandbox/requests",
