@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     #: message in its log) is believed and the message is queued again.
     in_doubt_grace_s: float = Field(120.0, ge=1.0, le=86_400.0)
 
+    #: The realtime feed: how often it pings, how many frames wait for one client before it
+    #: is closed as a slow consumer (4009, it resumes with `since`), how long a ticket lives,
+    #: and how many days the event log keeps (a `since` older than that gets
+    #: resync_required).
+    feed_heartbeat_s: float = Field(25.0, ge=1.0, le=300.0)
+    feed_buffer: int = Field(1000, ge=16, le=100_000)
+    feed_ticket_ttl_s: float = Field(30.0, ge=1.0, le=600.0)
+    event_retention_days: int = Field(30, ge=1, le=3650)
+
     max_body_bytes: int = 1_000_000
     max_import_bytes: int = 64_000_000
     idempotency_ttl_hours: int = 24

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 from redis.asyncio.client import PubSub
 
+from config.settings import Settings
 from gateway import feed as proto
 from gateway import sessions
 from gateway.deps import HubDep, PrincipalDep
@@ -51,9 +52,16 @@ router = APIRouter(tags=["realtime"])
 
 def config_for(app: FastAPI) -> FeedConfig:
     """`app.state.feed_config` when set before start-up (tests shorten intervals), else the
-    production defaults."""
+    settings' (HUB_FEED_*, HUB_EVENT_RETENTION_DAYS)."""
     cfg = getattr(app.state, "feed_config", None)
-    return cfg if isinstance(cfg, FeedConfig) else FeedConfig()
+    return cfg if isinstance(cfg, FeedConfig) else feed_config(app.state.hub.settings)
+
+
+def feed_config(settings: Settings) -> FeedConfig:
+    return FeedConfig(heartbeat_s=settings.feed_heartbeat_s,
+                      out_queue_max=settings.feed_buffer,
+                      ticket_ttl_s=settings.feed_ticket_ttl_s,
+                      retention_days=settings.event_retention_days)
 
 
 # --- tickets --------------------------------------------------------------------------

@@ -23,12 +23,14 @@ import httpx
 import pytest
 import uvicorn
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from config.settings import Settings
 from gateway import feed as protocol
 from gateway.feed import FeedConfig
+from gateway.realtime import feed_config
 from hub import events
 from hub.context import Hub
 from hub.embedded import Services
@@ -237,6 +239,18 @@ async def test_ticket_of_a_key_revoked_since_is_refused(hub: Hub, api: httpx.Asy
                          headers=auth(tenant.sa1_key))
     assert r.status_code in (200, 204), r.text
     assert await refused_code(ws_url(api, revoked)) == 4001
+
+
+def test_feed_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("FEED_HEARTBEAT_S", "7.5"), ("FEED_BUFFER", "64"),
+                        ("FEED_TICKET_TTL_S", "12"), ("EVENT_RETENTION_DAYS", "90")):
+        monkeypatch.setenv(f"HUB_{name}", value)
+    cfg = feed_config(Settings())
+    assert (cfg.heartbeat_s, cfg.out_queue_max, cfg.ticket_ttl_s, cfg.retention_days) == (
+        7.5, 64, 12.0, 90)
+    monkeypatch.setenv("HUB_FEED_BUFFER", "3")  # too small to hold a replay page
+    with pytest.raises(ValidationError, match="feed_buffer"):
+        Settings()
 
 
 async def test_ticket_expires(tuned_api: httpx.AsyncClient, tenant: Tenant) -> None:
