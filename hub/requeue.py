@@ -16,12 +16,12 @@ receipts for a retired SID, or for a message that is queued again, are left out.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from actors.limiter import backoff
 from channels.base import ErrorKind
 from channels.twilio_sms import callback_error
 from hub.status import Status
@@ -126,8 +126,6 @@ async def _requeue(conn: Any, receipts: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def _delay(receipt: Any) -> float:
-    """Seconds before the next attempt: Twilio names no Retry-After in a callback, so 2, 4,
-    8… (capped at a minute) after the sends so far, half of it jittered so that a batch
-    throttled together does not come back together."""
-    step = min(60.0, 2.0 ** int(receipt.message.get("attempts") or 1))
-    return step / 2 + random.random() * step / 2
+    """Seconds before the next attempt: Twilio names no Retry-After in a callback, so the
+    senders' own throttling back-off after the sends so far."""
+    return backoff(int(receipt.message.get("attempts") or 1))

@@ -34,11 +34,15 @@ async def carrier_log(carrier: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 async def setup_sms(api: httpx.AsyncClient, tenant: Tenant, carrier_url: str,
                     numbers: tuple[str, ...] = ("+12125550100",),
-                    mps: float = 50) -> list[dict[str, Any]]:
+                    mps: float = 50, account: tuple[str, str] = ("AC" + "a" * 32,
+                                                                "sandbox-token"),
+                    ) -> list[dict[str, Any]]:
+    """A Twilio provider account (`account`: SID and token) on the carrier, and an SMS
+    sender for each number."""
     h = auth(tenant.sa1_key)
     p = await api.post(f"/v1/sub-accounts/{tenant.sa1}/providers", headers=h, json={
-        "provider": "twilio", "name": "sandbox", "account_id": "AC" + "a" * 32,
-        "secret": "sandbox-token", "base_url": carrier_url})
+        "provider": "twilio", "name": "sandbox", "account_id": account[0],
+        "secret": account[1], "base_url": carrier_url})
     assert p.status_code == 201, p.text
     senders = []
     for n in numbers:

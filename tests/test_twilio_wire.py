@@ -14,7 +14,13 @@ from aiohttp import web
 from twilio.base.version import Version
 from twilio.http.response import Response
 
-from channels.base import OutboundMessage, ProviderCredentials, SendError, VoiceScript
+from channels.base import (
+    OutboundMessage,
+    ProviderCredentials,
+    SendError,
+    SendResult,
+    VoiceScript,
+)
 from channels.sandbox import CarrierConfig, SandboxCarrier
 from channels.twilio_client import TwilioTransport
 from channels.twilio_errors import error_from_exception, error_from_response
@@ -124,10 +130,9 @@ def logged(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in LOGGED}
 
 
-@pytest.mark.parametrize("message", MESSAGES + CALLS,
-                         ids=[m.message_id for m in MESSAGES + CALLS])
-async def test_the_direct_post_is_the_sdks_request(wire, message: OutboundMessage) -> None:
-    carrier, seen = wire
+async def both_ways(carrier: Any, message: OutboundMessage) -> tuple[Any, SendResult]:
+    """The message sent once through the SDK's create_async (the oracle), then once by the
+    adapter's direct POST."""
     creds = ProviderCredentials("twilio", SID, TOKEN, base_url=carrier.url)
     transport = TwilioTransport()
     voice = message.channel == "voice"
@@ -140,11 +145,20 @@ async def test_the_direct_post_is_the_sdks_request(wire, message: OutboundMessag
         (ours,) = await adapter.send_batch(creds, [message])
     finally:
         await transport.close()
+    return oracle, ours
+
+
+@pytest.mark.parametrize("message", MESSAGES + CALLS,
+                         ids=[m.message_id for m in MESSAGES + CALLS])
+async def test_the_direct_post_is_the_sdks_request(wire, message: OutboundMessage) -> None:
+    carrier, seen = wire
+    oracle, ours = await both_ways(carrier, message)
     assert not isinstance(oracle, SendError), oracle
     assert ours.ok, ours.error
     by_sdk, direct = seen
     assert direct == by_sdk
-    assert direct.path.endswith("/Calls.json" if voice else "/Messages.json")
+    assert direct.path.endswith("/Calls.json" if message.channel == "voice"
+                                else "/Messages.json")
     first, second = carrier.requests()
     assert logged(second) == logged(first)
     assert (first["provider_sid"], second["provider_sid"]) == (oracle.sid,
@@ -172,18 +186,7 @@ async def test_failures_classify_as_through_the_sdk(wire, carrier_config: dict[s
                                                     message: OutboundMessage) -> None:
     carrier, seen = wire
     carrier.configure(**carrier_config)
-    creds = ProviderCredentials("twilio", SID, TOKEN, base_url=carrier.url)
-    transport = TwilioTransport()
-    voice = message.channel == "voice"
-    adapter = TwilioVoiceAdapter(transport) if voice else TwilioSmsAdapter(transport)
-    try:
-        client = transport.accounts.get(creds).client
-        create = client.calls.create_async if voice else client.messages.create_async
-        kwargs = sdk_call(message) if voice else sdk_message(message)
-        oracle = await transport.attempt(lambda: create(**kwargs))
-        (ours,) = await adapter.send_batch(creds, [message])
-    finally:
-        await transport.close()
+    oracle, ours = await both_ways(carrier, message)
     assert isinstance(oracle, SendError)
     assert ours.error == oracle
     assert len(seen) == 2 and seen[0] == seen[1]

@@ -66,9 +66,9 @@ def audience_spec(tags_any: str = "", tags_all: str = "", exclude_tags: str = ""
     spec: dict[str, Any] = {"tags_any": _tags(tags_any), "tags_all": _tags(tags_all),
                             "exclude_tags": _tags(exclude_tags)}
     filters: list[dict[str, Any]] = []
-    if _tags(regions):
+    if region_list := _tags(regions):
         filters.append({"field": "phone_region", "op": "in",
-                        "value": [r.upper() for r in _tags(regions)]})
+                        "value": [r.upper() for r in region_list]})
     if timezones:
         filters.append({"field": "timezone", "op": "in", "value": list(timezones)})
     if custom_field.strip():
