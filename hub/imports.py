@@ -115,9 +115,13 @@ async def run_import(hub: Hub, job_id: UUID, sub_account_id: UUID, default_regio
         try:
             await _run_locked(hub, job_id, sub_account_id, default_region)
         finally:
-            await lock_conn.execute(
-                "SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"import:{job_id}"
-            )
+            try:
+                await lock_conn.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"import:{job_id}"
+                )
+            except BaseException:
+                lock_conn.terminate()  # the pool does not reset sessions (hub/db.py)
+                raise
 
 
 async def _run_locked(hub: Hub, job_id: UUID, sub_account_id: UUID,

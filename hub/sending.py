@@ -16,7 +16,6 @@ from hub.sender_pool import choose_sender
 from hub.status import CANCELABLE
 from hub.store import contacts as contact_store
 from hub.store import messaging
-from hub.store import suppressions as suppression_store
 
 Row = dict[str, Any]
 SENDER_CHANNEL = {"sms": "sms", "mms": "sms", "email": "email", "voice": "voice"}
@@ -88,24 +87,62 @@ async def _resolve_contact(hub: Hub, conn: Any, sa: Row, channel: str,
     return created, address
 
 
-async def _pick_sender(conn: Any, sa: Row, channel: str, sender_id: UUID | None,
-                       contact_id: UUID) -> Row:
+async def _sender_and_suppression(conn: Any, sa: Row, channel: str, address: str,
+                                  ) -> tuple[list[Row], bool]:
+    """The sub-account's senders on this channel, and whether the recipient is suppressed
+    there, in one round trip (at least one row: a sub-account without senders gets nulls)."""
     rows = await conn.fetch(
-        """SELECT id, address, provider_account_id, kind FROM senders
-           WHERE sub_account_id = $1 AND channel = $2 ORDER BY id""",
-        sa["id"], SENDER_CHANNEL[channel])
+        """SELECT s.id, s.address, s.provider_account_id, s.kind, x.suppressed
+           FROM (SELECT EXISTS (SELECT 1 FROM suppressions WHERE sub_account_id = $1
+                     AND channel = $2 AND address = $3 AND removed_at IS NULL) AS suppressed) x
+           LEFT JOIN senders s ON s.sub_account_id = $1 AND s.channel = $2
+           ORDER BY s.id""",
+        sa["id"], SENDER_CHANNEL[channel],
+        email_key(address) if channel == "email" else address)
+    return [dict(r) for r in rows if r["id"] is not None], rows[0]["suppressed"]
+
+
+def _pick_sender(senders: list[Row], channel: str, sender_id: UUID | None,
+                 contact_id: UUID) -> Row:
     if sender_id is not None:
-        for r in rows:
+        for r in senders:
             if r["id"] == sender_id:
-                return dict(r)
+                return r
         raise ValidationFailed.field("sender_id", f"no {SENDER_CHANNEL[channel]} sender with "
                                      "this id in the sub-account", "not_found")
-    if not rows:
+    if not senders:
         raise ValidationFailed.field("channel", f"this sub-account has no "
                                      f"{SENDER_CHANNEL[channel]} sender; add one under "
                                      "/senders", "no_sender")
-    chosen = choose_sender(str(contact_id), [str(r["id"]) for r in rows])
-    return next(dict(r) for r in rows if str(r["id"]) == chosen)
+    chosen = choose_sender(str(contact_id), [str(r["id"]) for r in senders])
+    return next(r for r in senders if str(r["id"]) == chosen)
+
+
+#: The conversation's upsert, the message and its first history row: one statement.
+_PERSIST = f"""
+    WITH conv AS (
+        INSERT INTO conversations (sub_account_id, contact_id, channel, last_message_at,
+            last_message_preview)
+        VALUES ($1, $2, $16, now(), left($17, 140))
+        ON CONFLICT (sub_account_id, contact_id, channel) DO UPDATE
+            SET last_message_at = now(), last_message_preview = left($17, 140),
+                updated_at = now()
+        RETURNING *),
+    m AS (
+        INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
+            channel, priority, sender_id, provider_account_id, from_address, to_address,
+            subject, body, media_urls, voice, status, segments, encoding, slot, provider,
+            compliance)
+        SELECT $1, conv.id, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+               'queued', $13, $14, s.slot, p.provider, $15
+        FROM conv, sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $6
+        RETURNING {messaging.MESSAGE_COLS}, slot),
+    h AS (
+        INSERT INTO message_events (message_id, sub_account_id, status)
+        SELECT id, sub_account_id, 'queued' FROM m)
+    SELECT m.*, {", ".join(f"conv.{c} AS conv_{c}"
+                           for c in messaging.CONVERSATION_COLS.split(", "))}
+    FROM m, conv"""
 
 
 async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "transactional",
@@ -122,48 +159,28 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
         conn = tx.conn
         contact, address = await _resolve_contact(hub, conn, sa, channel,
                                                   req.get("contact_id"), req.get("to"))
-        sup_address = email_key(address) if channel == "email" else address
-        if not compliance and await suppression_store.is_suppressed(
-                conn, sa["id"], SENDER_CHANNEL[channel], sup_address):
+        senders, suppressed = await _sender_and_suppression(conn, sa, channel, address)
+        if suppressed and not compliance:
             raise Conflict(
                 f"{'this address' if channel == 'email' else 'this number'} opted out or is "
                 "suppressed; nothing was sent. Remove the suppression only with the "
                 "contact's consent.", code="recipient_suppressed",
                 errors=[FieldError("to", "suppressed", "recipient_suppressed")])
-        sender = await _pick_sender(conn, sa, channel, req.get("sender_id"), contact["id"])
-        conv_channel = SENDER_CHANNEL[channel]
-        conversation = await conn.fetchrow(
-            """INSERT INTO conversations (sub_account_id, contact_id, channel, last_message_at,
-                   last_message_preview)
-               VALUES ($1, $2, $3, now(), left($4, 140))
-               ON CONFLICT (sub_account_id, contact_id, channel) DO UPDATE
-                   SET last_message_at = now(), last_message_preview = left($4, 140),
-                       updated_at = now()
-               RETURNING *""",
-            sa["id"], contact["id"], conv_channel, body or req.get("subject") or "")
+        sender = _pick_sender(senders, channel, req.get("sender_id"), contact["id"])
+        row = await conn.fetchrow(
+            _PERSIST, sa["id"], contact["id"], channel, priority, sender["id"],
+            sender["provider_account_id"], sender["address"], address, req.get("subject"),
+            body, media, req.get("voice"), segments, encoding, compliance,
+            SENDER_CHANNEL[channel], body or req.get("subject") or "")
+        message = {k: v for k, v in row.items() if not k.startswith("conv_")}
+        conversation = {k[5:]: v for k, v in row.items() if k.startswith("conv_")}
         if conversation_id is not None and conversation["id"] != conversation_id:
             raise ValidationFailed.field("channel", "this conversation is on another channel",
                                          "channel_mismatch")
-        row = await conn.fetchrow(
-            f"""INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
-                    channel, priority, sender_id, provider_account_id, from_address,
-                    to_address, subject, body, media_urls, voice, status, segments, encoding,
-                    slot, provider, compliance)
-                SELECT $1, $2, $3, 'outbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                       'queued', $14, $15, s.slot, p.provider, $16
-                FROM sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $7
-                RETURNING {messaging.MESSAGE_COLS}, slot""",
-            sa["id"], conversation["id"], contact["id"], channel, priority, sender["id"],
-            sender["provider_account_id"], sender["address"], address, req.get("subject"),
-            body, media, req.get("voice"), segments, encoding, compliance)
-        message = dict(row)
-        await conn.execute(
-            "INSERT INTO message_events (message_id, sub_account_id, status) "
-            "VALUES ($1, $2, 'queued')", message["id"], sa["id"])
         topic = f"conversation:{conversation['id']}"
         snapshot = {k: v for k, v in message.items() if k != "slot"}
         tx.emit(sa["id"], "message.created", snapshot, topic)
-        tx.emit(sa["id"], "conversation.updated", dict(conversation), topic)
+        tx.emit(sa["id"], "conversation.updated", conversation, topic)
     return message
 
 
