@@ -25,7 +25,7 @@ from channels.sandbox import run_carrier_in_thread
 from channels.sandbox_config import CarrierConfig
 from config.settings import Settings
 from tests.conftest import Tenant, auth
-from tests.test_sending import wait_for
+from tests.test_sending import setup_sms, wait_for
 
 DASHBOARDS = Path(__file__).parent.parent / "dashboards"
 DASHBOARD = DASHBOARDS / "grafana" / "switchboard-hub.json"
@@ -272,14 +272,7 @@ async def traffic(api: httpx.AsyncClient, tenant: Tenant, settings: Settings,
     state = live_carrier.carrier.state
     sid = state.owner_of(number)
     h = auth(tenant.sa1_key)
-    p = await api.post(f"/v1/sub-accounts/{tenant.sa1}/providers", headers=h, json={
-        "provider": "twilio", "name": "sandbox", "account_id": sid,
-        "secret": state.token_for(sid), "base_url": live_carrier.url})
-    assert p.status_code == 201, p.text
-    s = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=h, json={
-        "provider_account_id": p.json()["id"], "channel": "sms", "kind": "toll_free",
-        "address": number, "mps": 50})
-    assert s.status_code == 201, s.text
+    await setup_sms(api, tenant, live_carrier.url, (number,), account=(sid, state.token_for(sid)))
     async with httpx.AsyncClient(base_url=live_carrier.url, timeout=10) as carrier:
         await carrier.post("/sandbox/config", json={
             "inbound_url": f"{settings.base_url}/v1/providers/twilio/sms/inbound"})
@@ -310,14 +303,9 @@ async def test_queue_gauges_read_postgres_at_each_scrape(
     api: httpx.AsyncClient, tenant: Tenant, live_carrier: Any
 ) -> None:
     h = auth(tenant.sa1_key)
-    p = await api.post(f"/v1/sub-accounts/{tenant.sa1}/providers", headers=h, json={
-        "provider": "twilio", "name": "slow", "account_id": "AC" + "b" * 32,
-        "secret": "sandbox-token", "base_url": live_carrier.url})
-    assert p.status_code == 201, p.text
-    s = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=h, json={
-        "provider_account_id": p.json()["id"], "channel": "sms", "kind": "toll_free",
-        "address": "+12125550189", "mps": 0.01})  # one text per 100 s: the rest wait
-    assert s.status_code == 201, s.text
+    # One text per 100 s: the rest wait.
+    await setup_sms(api, tenant, live_carrier.url, ("+12125550189",), mps=0.01,
+                    account=("AC" + "b" * 32, "sandbox-token"))
     before = (await api.get("/metrics")).text
     assert sample(before, "hub_queue_depth", channel="sms") == 0
     assert sample(before, "hub_queue_oldest_age_seconds", channel="sms") == 0
