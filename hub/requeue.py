@@ -25,6 +25,7 @@ from actors.limiter import backoff
 from channels.base import ErrorKind
 from channels.twilio_sms import callback_error
 from hub.status import Status
+from hub.store import campaigns as campaign_store
 from hub.store.messaging import MESSAGE_COLS
 
 #: Sends (first one included) after which a throttled failure is recorded as failed.
@@ -122,7 +123,22 @@ async def _requeue(conn: Any, receipts: Sequence[Any]) -> list[dict[str, Any]]:
             [Status.QUEUED.value] * len(moved), ["requeued"] * len(moved),
             [r.update.error_code for r in moved],
             [retired_key(r.update.provider_message_id) for r in moved])
+        await _follow_campaigns(conn, {row["campaign_id"] for row in rows} - {None})
     return [dict(row) for row in rows]
+
+
+async def _follow_campaigns(conn: Any, campaign_ids: set[UUID]) -> None:
+    """A campaign paused or canceled since the message was sent takes it back like its
+    other queued messages: to a pending recipient (resume sends it), or canceled. The share
+    lock orders this against a pause or cancel in flight, whichever commits first."""
+    if not campaign_ids:
+        return
+    for c in await conn.fetch("SELECT id, status FROM campaigns WHERE id = ANY($1::uuid[]) "
+                              "ORDER BY id FOR SHARE", list(campaign_ids)):
+        if c["status"] == "paused":
+            await campaign_store.unqueue(conn, c["id"])
+        elif c["status"] == "canceled":
+            await campaign_store.cancel_rest(conn, c["id"])
 
 
 def _delay(receipt: Any) -> float:

@@ -5,6 +5,7 @@ whose log is the ground truth."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from channels.sandbox_config import CarrierConfig, Latency
 from config.settings import Settings
 from hub.context import Hub
 from tests.conftest import Tenant, auth
+from tests.test_campaigns import make_campaign
 from tests.test_sending import setup_sms, wait_for
 
 NUMBER = "+12125550177"
@@ -131,3 +133,78 @@ async def test_a_receipt_naming_another_attempt_moves_nothing(
     await callback(row["provider_message_id"], "delivered")  # its own receipt does
     assert await hub.pool.fetchval("SELECT status FROM messages WHERE id = $1",
                                    mid) == "delivered"
+
+
+async def test_a_throttled_receipt_after_a_pause_or_a_cancel_sends_nothing_more(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, live_carrier: Any, settings: Settings
+) -> None:
+    """A campaign's text is accepted, the campaign is paused, and then Twilio reports the
+    text throttled: the message goes back to a pending recipient like the campaign's other
+    queued messages, not to the queue; after a cancel, it is canceled."""
+    await _sender(api, tenant, live_carrier)
+    to = ["+14155554001", "+14155554002", "+14155554003"]
+    # A fourth contact, at UTC+12, is outside the window for hours: the campaign stays
+    # running once the others are sent.
+    await hub.pool.execute(
+        """INSERT INTO contacts (sub_account_id, phone, first_name, timezone, tags)
+           SELECT $1, p, 'Pat', z, ARRAY['all']
+           FROM unnest($2::text[], $3::text[]) AS u(p, z)""",
+        tenant.sa1, [*to, "+14155554004"], ["UTC"] * len(to) + ["Etc/GMT-12"])
+    live_carrier.configure(callbacks_enabled=False)  # texts stay `sent` until we say
+    try:
+        c = await make_campaign(api, tenant)
+        base = f"/v1/sub-accounts/{tenant.sa1}/campaigns/{c['id']}"
+        h = auth(tenant.sa1_key)
+        assert (await api.post(f"{base}/launch", headers=h)).json()["status"] == "running"
+
+        async def all_sent() -> list[Any] | None:
+            rows = await hub.pool.fetch(
+                """SELECT id, to_address, provider_message_id FROM messages
+                   WHERE campaign_id = $1 AND status = 'sent' ORDER BY to_address""", c["id"])
+            return rows if len(rows) == len(to) else None
+
+        first, second, _ = await wait_for(all_sent, timeout=60)
+    finally:
+        live_carrier.configure(callbacks_enabled=True)
+    state = live_carrier.carrier.state
+    account, token = state.owner_of(NUMBER), state.token_for(state.owner_of(NUMBER))
+
+    async def throttled_receipt(message: Any) -> None:
+        url = (f"{settings.base_url}/v1/providers/twilio/sms/status"
+               f"?message_id={message['id']}")
+        form = {"AccountSid": account, "MessageSid": message["provider_message_id"],
+                "MessageStatus": "failed", "ErrorCode": "30022", "From": NUMBER,
+                "To": message["to_address"]}
+        signature = RequestValidator(token).compute_signature(url, form)
+        answer = await api.post(url, data=form, headers={"X-Twilio-Signature": signature})
+        assert answer.status_code in (200, 204), answer.text
+
+        async def applied() -> bool:
+            return bool(await hub.pool.fetchval(
+                """SELECT count(*) FROM webhook_events WHERE status <> 'pending'
+                   AND payload->'form'->>'MessageSid' = $1""", message["provider_message_id"]))
+
+        await wait_for(applied, timeout=30)
+
+    async def recipient(message: Any) -> Any:
+        return await hub.pool.fetchrow(
+            """SELECT r.status, m.status AS message_status
+               FROM campaign_recipients r JOIN contacts k ON k.id = r.contact_id
+               LEFT JOIN messages m ON m.id = r.message_id
+               WHERE r.campaign_id = $1 AND k.phone = $2""", c["id"], message["to_address"])
+
+    assert (await api.post(f"{base}/pause", headers=h)).json()["status"] == "paused"
+    await throttled_receipt(first)
+    assert dict(await recipient(first)) == {"status": "pending", "message_status": None}
+    assert await hub.pool.fetchval("SELECT count(*) FROM messages WHERE campaign_id = $1 "
+                                   "AND status = 'queued'", c["id"]) == 0
+
+    assert (await api.post(f"{base}/cancel", headers=h)).json()["status"] == "canceled"
+    await throttled_receipt(second)
+    assert await hub.pool.fetchval("SELECT status FROM messages WHERE id = $1",
+                                   second["id"]) == "canceled"
+    assert (await recipient(first))["status"] == "canceled"
+
+    await asyncio.sleep(3.0)  # a re-queued text would have gone by now (back-off 1-2 s)
+    log = live_carrier.call(live_carrier.carrier.requests)
+    assert collections.Counter(r["to"] for r in log if r["to"] in to) == dict.fromkeys(to, 1)
