@@ -229,7 +229,13 @@ async def node_loss(rd: Round, new_tenant: Callable[[], Awaitable[Tenant]]) -> N
     rd.result["processes_surviving_the_crash"] = rd.stack.crash_node(target, pids)
     rd.stack.add_node()  # Ray installs signal handlers: the main thread only
     await rd.finish(fault_at)
-    after = ray_api.actor_placement(shard_names())
+    # The campaign needs only its SMS shard back; the Supervisor restores the others on its
+    # own schedule (under load, after the campaign completed): give it a while.
+    names, deadline = shard_names(), time.monotonic() + 60
+    after = ray_api.actor_placement(names)
+    while len(after) < len(names) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        after = ray_api.actor_placement(names)
     rd.result["actors_alive_after"] = len(after)
     rd.result["nodes_hosting_after"] = len({p["node"] for p in after.values()})
 
