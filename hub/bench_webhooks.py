@@ -16,8 +16,9 @@ measured in the same run (the machine is shared and noisy: read ratios).
    Every client must get every event of its sub-account: misses are counted.
 
 Process layout: this process seeds PostgreSQL, pre-computes and signs the requests and
-drives them (aiohttp); the gateway, the bare app and each WebSocket client process
-(hub/bench_webhooks_clients.py) run apart, so no two share a GIL. `--workers N` runs both
+drives them (aiohttp); the gateway, the webhook applier (hub/applier.py, as `hub serve`
+runs it), the bare app and each WebSocket client process (hub/bench_webhooks_clients.py)
+run apart, so no two share a GIL. `--workers N` runs both
 the gateway and the bare app with N uvicorn workers. The report and the keys of the JSON
 result line are in hub/bench_webhooks_report.py. The Ray actors are off (HUB_ACTORS=false):
 status callbacks never reach them.
@@ -89,14 +90,16 @@ def bare_app() -> FastAPI:
 
 
 def gateway_app() -> FastAPI:
-    """The gateway as `hub serve` builds it, from the environment (one per worker)."""
+    """The gateway as `hub serve` builds it, from the environment (one per worker); the
+    applier runs beside it."""
     from config.logging import setup_logging
     from gateway.app import create_app
 
     settings = Settings()
     setup_logging(settings.log_level, settings.log_json)
     assert settings.database_url and settings.redis_url
-    return create_app(settings, settings.database_url, settings.redis_url)
+    return create_app(settings, settings.database_url, settings.redis_url,
+                      apply_webhooks=False)
 
 
 def serve(role: str, port: int, loop: str, workers: int) -> None:
@@ -567,6 +570,7 @@ class WebhookBench:
         workers = ["--workers", str(self.workers)]
         children.start("gateway", ["-m", module, "--serve", "gateway", "--port", str(gw_port),
                                    "--loop", self.gateway_loop, *workers], env)
+        children.start("applier", ["-m", "hub.applier"], env)
         children.start("bare", ["-m", module, "--serve", "bare", "--port", str(bare_port),
                                 "--loop", "uvloop", *workers], env)
         await children.wait_http("gateway", f"{gateway_url}/readyz", 120)
@@ -658,7 +662,7 @@ class WebhookBench:
             done_at, counts = await wait_applied(hub, accounts, len(signed),
                                                  max(300, len(signed) / 20))
             gw_cpu = _cpu_report(meter.diff(before, meter.snapshot()), len(timed),
-                                 ("gateway", "postgres", "redis", "bench"))
+                                 ("gateway", "applier", "postgres", "redis", "bench"))
             n_delivered = await delivered(hub, accounts)
         with console.status("bare app (baseline), run 2…"):
             await bare_run()
@@ -746,7 +750,8 @@ class WebhookBench:
                         break
                     await asyncio.sleep(0.2)
                 ws_cpu = _cpu_report(meter.diff(before, meter.snapshot()), total,
-                                     ("gateway", "postgres", "redis", "bench", "clients"))
+                                     ("gateway", "applier", "postgres", "redis", "bench",
+                                      "clients"))
                 received, closed, other = await procs.results()
         finally:
             procs.stop()

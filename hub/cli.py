@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -70,28 +73,55 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+async def _applier(services: Services) -> None:
+    """The webhook applier (hub/applier.py) in a process of its own, restarted if it dies,
+    stopped with the gateway."""
+    env = {**os.environ, "DATABASE_URL": services.database_url,
+           "REDIS_URL": services.redis_url}
+    while True:
+        # Its own session: Ctrl-C reaches the gateway, which then stops it.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hub.applier", env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        try:
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+        log.warning("the webhook applier exited; restarting it", extra={"code": code})
+        await asyncio.sleep(1.0)
+
+
 async def _serve(settings: Settings, services: Services,
                  on_started: object = None) -> None:
     from gateway.app import create_app
 
-    application = create_app(settings, services.database_url, services.redis_url)
+    application = create_app(settings, services.database_url, services.redis_url,
+                             apply_webhooks=False)
     config = uvicorn.Config(application, host=settings.host, port=settings.port,
                             log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    applier = asyncio.create_task(_applier(services))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-            raise RuntimeError("the gateway did not start")
-        await asyncio.sleep(0.05)
-    if on_started is not None:
-        await on_started()  # type: ignore[operator]
-    await task
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError("the gateway did not start")
+            await asyncio.sleep(0.05)
+        if on_started is not None:
+            await on_started()  # type: ignore[operator]
+        await task
+    finally:
+        applier.cancel()
+        await asyncio.gather(applier, return_exceptions=True)
 
 
 @app.command()
 def serve() -> None:
-    """Run the gateway (REST, webhooks, realtime) on HUB_HOST:HUB_PORT."""
+    """Run the gateway (REST, webhooks, realtime) on HUB_HOST:HUB_PORT, and the webhook
+    applier beside it."""
     settings = _settings()
     if not _port_free(settings.host, settings.port):
         console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; set "

@@ -78,14 +78,20 @@ async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[
 
     Two statements whatever the number of sub-accounts: one bumps every counter (locking
     the sub-account rows in id order, so multi-tenant writers never deadlock), one inserts
-    every event."""
+    every event.
+
+    The lock is FOR NO KEY UPDATE, not FOR UPDATE: the foreign-key checks of rows inserted
+    meanwhile (the webhook inbox, contacts, messages …) take KEY SHARE on these same rows,
+    which FOR UPDATE blocks. With FOR UPDATE, an inbox INSERT spanning several sub-accounts
+    and an apply deadlocked, and PostgreSQL found it only after `deadlock_timeout` (1 s):
+    the ~1 s ingest stalls of BENCHMARKS.md's webhook sections."""
     by_sa: dict[UUID, list[PendingEvent]] = {}
     for p in pending:
         by_sa.setdefault(p.sub_account_id, []).append(p)
     sas = sorted(by_sa)
     heads = await conn.fetch(
         """WITH locked AS (SELECT id FROM sub_accounts WHERE id = ANY($1::uuid[])
-                           ORDER BY id FOR UPDATE)
+                           ORDER BY id FOR NO KEY UPDATE)
            UPDATE sub_accounts s SET event_seq = s.event_seq + u.n
            FROM locked JOIN unnest($1::uuid[], $2::int[]) AS u(id, n) ON u.id = locked.id
            WHERE s.id = locked.id

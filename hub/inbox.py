@@ -8,11 +8,13 @@ CONFLICT DO NOTHING; the request is answered only after that commit. The same st
 refuses a status callback for a message that none of its signers sent, so a forged or
 cross-tenant callback writes nothing.
 
-Applying (`Applier`, one background task per process) takes the rows just stored, and
-every second the rows that are due (a crash or restart left them pending, or an orphan's
-retry is due), claims them (FOR UPDATE SKIP LOCKED, so the appliers of every gateway
-replica never apply a row twice), and applies status callbacks set-based, up to
-`APPLY_BATCH` at a time, in one transaction that also marks the rows.
+Applying (`Applier`) takes the rows that are due: a row is due as soon as it is stored,
+and again when an orphan's retry time comes or after a failed apply's back-off. The applier
+runs apart from the requests (hub/applier.py: one leader for all the gateway replicas,
+woken by the NOTIFY that the inbox insert sends as it commits, and looking every second
+anyway). It claims rows with FOR UPDATE SKIP LOCKED, so no row is ever applied twice, and
+applies status callbacks set-based, up to `APPLY_BATCH` at a time, in one transaction that
+also marks the rows. A row a crash left pending is simply still due.
 
 Orphans: a receipt for a message we do not have may be for a message whose row commits a
 moment later (the provider can answer faster than our commit), so it is kept as `orphan`
@@ -37,13 +39,9 @@ import asyncpg
 
 from channels import sendgrid
 from channels.base import StatusUpdate
-from channels.twilio_sms import (
-    InvalidCallback,
-    parse_inbound,
-    parse_status_callback,
-    verify_signature,
-)
+from channels.twilio_sms import InvalidCallback, parse_inbound, parse_status_callback
 from channels.twilio_voice import parse_call_status
+from hub import twilio_signature
 from hub.context import Hub
 from hub.crypto import SecretBox
 from hub.errors import Forbidden, ValidationFailed
@@ -64,8 +62,6 @@ HandOff = Callable[[list[Row]], Awaitable[None]]
 
 TWILIO_KINDS = ("sms_status", "sms_inbound", "voice_status")
 STATUS_KINDS = frozenset({"sms_status", "voice_status"})
-#: The applier takes a row at once; the sweeper only steps in after this (a crash).
-REQUEST_GRACE_S = 10.0
 ORPHAN_RETRY_FOR = timedelta(hours=24)
 MAX_RETRY_DELAY_S = 300.0
 #: An event whose apply raised this many times stops being retried (kept, with its error).
@@ -151,12 +147,12 @@ class Accounts:
 class InboxWriter:
     """Group commit for the inbox: the events of concurrent requests are written by one
     INSERT (at most `max_in_flight` at a time, each of at most `max_rows` events); a
-    request's `write` returns once the statement holding its events has committed.
-    `on_stored` gets the (id, kind) of every new row, even if its request went away."""
+    request's `write` returns once the statement holding its events has committed. The
+    statement also wakes the applier (`store.INBOX_CHANNEL`)."""
 
-    def __init__(self, pool: asyncpg.Pool, on_stored: Callable[[list[tuple[int, str]]], None],
-                 *, max_rows: int = 500, max_in_flight: int = 2) -> None:
-        self.pool, self.on_stored = pool, on_stored
+    def __init__(self, pool: asyncpg.Pool, *, max_rows: int = 500,
+                 max_in_flight: int = 2) -> None:
+        self.pool = pool
         self.max_rows, self.max_in_flight = max_rows, max_in_flight
         self._queue: deque[tuple[list[Verified], asyncio.Future[list[Any]]]] = deque()
         self._in_flight = 0
@@ -204,9 +200,7 @@ class InboxWriter:
     async def _write(self, batch: list[tuple[list[Verified], asyncio.Future[list[Any]]]]
                      ) -> None:
         events = [e for group, _ in batch for e in group]
-        results = await store.insert_verified(self.pool, events, REQUEST_GRACE_S)
-        self.on_stored([(id_, e.kind) for e, (_, id_) in zip(events, results, strict=True)
-                        if id_ is not None])
+        results = await store.insert_verified(self.pool, events)
         i = 0
         for group, fut in batch:
             if not fut.done():
@@ -218,16 +212,12 @@ class InboxWriter:
 
 
 class Inbox:
-    """One per gateway process: receives verified callbacks and applies them."""
+    """One per gateway process: verifies and stores callbacks (the `Applier` applies them)."""
 
-    def __init__(self, hub: Hub, hand_off: HandOff) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.accounts = Accounts(hub.pool, hub.box)
-        self.applier = Applier(hub, hand_off)
-        self.writer = InboxWriter(hub.pool, self.applier.notify)
-
-    async def run(self) -> None:
-        await self.applier.run()
+        self.writer = InboxWriter(hub.pool)
 
     async def _store(self, event: Verified) -> tuple[bool, int | None]:
         return (await self.writer.write([event]))[0]
@@ -252,7 +242,7 @@ class Inbox:
         while True:
             accounts, fresh = await self._status_accounts(form, message_id, sid, fresh)
             signers = [a for a in accounts
-                       if verify_signature(self.accounts.token(a), url, pairs, signature)]
+                       if twilio_signature.valid(self.accounts.token(a), url, pairs, signature)]
             if signers:
                 update = (parse_call_status(form, query) if kind == "voice_status"
                           else parse_status_callback(form, query))
@@ -293,8 +283,8 @@ class Inbox:
         for sender in candidates:  # several only when sub-accounts share a Twilio account
             pa = sender["account_row_id"]
             if pa not in tokens:
-                tokens[pa] = verify_signature(self.accounts.token(sender), url, pairs,
-                                              signature)
+                tokens[pa] = twilio_signature.valid(self.accounts.token(sender), url,
+                                                    pairs, signature)
             if tokens[pa]:
                 key = (form.get("MessageSid") or form.get("SmsMessageSid")
                        or form.get("SmsSid") or "")
@@ -447,9 +437,9 @@ def _judge(hub: Hub, row: Row, message: Row | None) -> Finished:
         payload = row["payload"]
         account_sid = payload["form"].get("AccountSid")
         signed = message["provider"] == "twilio" and (
-            not account_sid or message["account_id"] == account_sid) and verify_signature(
-            hub.box.decrypt(message["secret_encrypted"]), payload["url"], payload["form"],
-            payload["signature"])
+            not account_sid or message["account_id"] == account_sid
+        ) and twilio_signature.valid(hub.box.decrypt(message["secret_encrypted"]),
+                                     payload["url"], payload["form"], payload["signature"])
         if not signed:
             return Finished(row["id"], "ignored",
                             "not signed by the account that sent this message")
@@ -480,33 +470,31 @@ async def apply_event(hub: Hub, event_id: int) -> list[Row]:
 
 
 class Applier:
-    """Applies what the writer stored, as it is stored, and every `every_s` what is due
-    (rows a crash left pending, orphans whose retry time came); forgets applied events
-    after `keep_days`. Status callbacks go in batches of up to APPLY_BATCH, the other kinds
-    one by one."""
+    """Applies the rows that are due, whenever `wake` is called and every `every_s`;
+    forgets applied events after `keep_days`. Status callbacks go in batches of up to
+    APPLY_BATCH, the other kinds one by one."""
 
     def __init__(self, hub: Hub, hand_off: HandOff, *, every_s: float = 1.0,
                  keep_days: int = 7) -> None:
         self.hub, self.hand_off = hub, hand_off
         self.every_s, self.keep_days = every_s, keep_days
-        self._ready: dict[int, str] = {}
         self._wake = asyncio.Event()
 
-    def notify(self, stored: list[tuple[int, str]]) -> None:
-        self._ready.update(stored)
+    def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        last_sweep = last_prune = 0.0
+        last_prune = 0.0
         while True:
+            self._wake.clear()  # a wake during this round makes another round
             try:
-                batch, self._ready = self._ready, {}
-                if time.monotonic() - last_sweep >= self.every_s:
-                    last_sweep = time.monotonic()
-                    for id_, kind in await store.due(self.hub.pool, APPLY_BATCH):
-                        batch.setdefault(id_, kind)
-                if batch:
-                    await self.apply(batch)
+                while True:
+                    batch = dict(await store.due(self.hub.pool, APPLY_BATCH))
+                    if batch:
+                        await self.apply(batch)
+                    # A row another worker holds stays due: take it at the next wake.
+                    if len(batch) < APPLY_BATCH:
+                        break
                 if time.monotonic() - last_prune > 3600:
                     last_prune = time.monotonic()
                     await store.prune(self.hub.pool, self.keep_days)
@@ -515,14 +503,10 @@ class Applier:
             except Exception:
                 log.warning("webhook apply loop failed; retrying", exc_info=True)
                 await asyncio.sleep(self.every_s)
-            if not self._ready:
-                self._wake.clear()
-                wait = last_sweep + self.every_s - time.monotonic()
-                if wait > 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                    except TimeoutError:
-                        pass
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.every_s)
+            except TimeoutError:
+                pass
 
     async def apply(self, batch: Mapping[int, str]) -> None:
         statuses = [id_ for id_, kind in batch.items() if kind in STATUS_KINDS]

@@ -5,8 +5,10 @@ Each request verifies the signature on the raw body, stores the event in the dur
 (hub/inbox.py: concurrent requests share one INSERT) and answers 2xx once it is committed.
 The requests are served by gateway/webhook_fastpath.py ahead of FastAPI's routing; the
 routes here document them in the OpenAPI schema and run the same code without it.
-The inbox's applier, started with the app, applies events in batches, and also whatever a
-crash or restart left pending, and retries orphans.
+The inbox's applier applies events in batches, and also whatever a crash or restart left
+pending, and retries orphans. `hub serve` runs it in a process of its own (hub/applier.py);
+an app built with `apply_webhooks=True` (the default, as the tests build it) runs it in a
+background task. Either way only one applier leads at a time.
 
 SendGrid: configure the Event Webhook URL as
 `{public_url}/v1/providers/sendgrid/events?account=<provider account id>` and store the
@@ -24,7 +26,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from gateway.webhook_fastpath import PREFIX, respond
-from hub import inbox
+from hub import applier, inbox
 
 
 async def hand_off(app: FastAPI, messages: list[dict[str, Any]]) -> None:
@@ -45,8 +47,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def hand_to_app(messages: list[dict[str, Any]]) -> None:
         await hand_off(app, messages)
 
-    app.state.inbox = box = inbox.Inbox(app.state.hub, hand_to_app)
-    app.state.jobs.spawn(box.run())  # cancelled with the other jobs
+    app.state.inbox = inbox.Inbox(app.state.hub)
+    if app.state.apply_webhooks:
+        app.state.jobs.spawn(applier.lead(app.state.hub, hand_to_app))  # cancelled with jobs
     yield
 
 

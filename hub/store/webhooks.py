@@ -80,13 +80,14 @@ async def callback_message(conn: Conn, message_id: UUID | None, provider: str,
 async def callback_messages(conn: asyncpg.Connection, message_ids: Sequence[UUID],
                             provider: str, provider_message_ids: Sequence[str]) -> list[Row]:
     """The messages a batch of status callbacks names (by our id or the provider's), locked
-    in id order so that concurrent batches never deadlock on each other."""
+    in id order so that concurrent batches never deadlock on each other (FOR NO KEY
+    UPDATE: rows inserted meanwhile that reference a message only need KEY SHARE)."""
     rows = await conn.fetch(
         f"""SELECT {_CALLBACK_COLS} FROM messages m
             LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
             WHERE m.id = ANY($1::uuid[])
                OR (m.provider = $2 AND m.provider_message_id = ANY($3::text[]))
-            ORDER BY m.id FOR UPDATE OF m""",
+            ORDER BY m.id FOR NO KEY UPDATE OF m""",
         list(message_ids), provider, list(provider_message_ids))
     return [dict(r) for r in rows]
 
@@ -128,7 +129,11 @@ class Verified:
     provider_message_id: str | None = None
 
 
-_INSERT_VERIFIED = """
+#: The inbox insert NOTIFYs this channel as it commits (only when it stored a new row): the
+#: applier (hub/applier.py) LISTENs on it.
+INBOX_CHANNEL = "webhook_inbox"
+
+_INSERT_VERIFIED = f"""
 WITH u AS (
     SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::uuid[], $5::text[],
                          $6::jsonb[], $7::uuid[], $8::text[])
@@ -154,19 +159,23 @@ ok AS (
 ins AS (
     INSERT INTO webhook_events (provider, kind, sub_account_id, provider_account_id,
                                 event_key, payload, next_attempt_at)
-    SELECT provider, kind, sa, pa, key, payload, now() + make_interval(secs => $13) FROM ok
+    SELECT provider, kind, sa, pa, key, payload, now() FROM ok
     ON CONFLICT (provider, kind, event_key) DO NOTHING
-    RETURNING id, provider, kind, event_key)
+    RETURNING id, provider, kind, event_key),
+woken AS (SELECT count(pg_notify('{INBOX_CHANNEL}', '')) AS n
+          FROM (SELECT 1 FROM ins LIMIT 1) AS stored)
 SELECT u.ord, ok.ord IS NOT NULL AS accepted, ins.id
 FROM u LEFT JOIN ok ON ok.ord = u.ord
 LEFT JOIN ins ON ins.provider = ok.provider AND ins.kind = ok.kind AND ins.event_key = ok.key
+CROSS JOIN woken
 ORDER BY u.ord"""
 
 
-async def insert_verified(conn: Conn, events: Sequence[Verified],
-                          first_attempt_s: float) -> list[tuple[bool, int | None]]:
-    """Store verified events in one statement; per event (accepted, inbox id), the id None
-    for a duplicate (same provider, kind and key) of an event stored before.
+async def insert_verified(conn: Conn, events: Sequence[Verified]
+                          ) -> list[tuple[bool, int | None]]:
+    """Store verified events in one statement, due at once, and wake the applier; per event
+    (accepted, inbox id), the id None for a duplicate (same provider, kind and key) of an
+    event stored before.
 
     Not accepted: a status callback for a message that none of its signers sent (another
     tenant's signature on our message), or a signer that changed or was deleted since it
@@ -185,7 +194,7 @@ async def insert_verified(conn: Conn, events: Sequence[Verified],
         [e.kind for e in events], [e.sub_account_id for e in events],
         [e.key for e in events], [e.payload for e in events],
         [e.message_id for e in events], [e.provider_message_id for e in events],
-        v_ord, v_pos, v_pa, v_version, first_attempt_s)
+        v_ord, v_pos, v_pa, v_version)
     return [(r["accepted"], r["id"]) for r in rows]
 
 
