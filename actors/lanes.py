@@ -68,6 +68,7 @@ class Outbound:
     attempt: int = 0
     campaign_id: str | None = None
     contact_id: str | None = None
+    leased_at: float = 0.0  # when the shard leased it (its clock): renewals skip fresh ones
 
 
 class _Account:
@@ -139,9 +140,10 @@ class Lanes:
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._queued or message_id in self._in_flight
 
-    def queued_ids(self) -> list[str]:
-        """Ids of every queued (not in-flight) message, e.g. to renew their leases."""
-        return list(self._queued)
+    def queued_ids(self, leased_before: float = math.inf) -> list[str]:
+        """Ids of queued (not in-flight) messages leased before ``leased_before`` (all by
+        default), e.g. to renew their leases."""
+        return [mid for mid, item in self._queued.items() if item.leased_at < leased_before]
 
     @property
     def in_flight(self) -> Mapping[str, Outbound]:

@@ -25,7 +25,7 @@ class Metrics:
         self._messages = make("counter", "hub_messages_total",
                               "messages by channel and send outcome", ("channel", "outcome"))
         self._latency = make("histogram", "hub_provider_latency_seconds",
-                             "provider API call latency per batch", ("provider",),
+                             "provider API call latency per request", ("provider",),
                              boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5])
         self._throttled = make("counter", "hub_provider_throttled_total",
                                "provider throttling answers (429, 20429, SMTP 4xx)",
@@ -48,7 +48,7 @@ class Metrics:
         for (channel, outcome), n in counts.items():
             self._messages.inc(float(n), {"channel": channel, "outcome": outcome})
 
-    def provider_latency(self, provider: str, seconds: float, n: int) -> None:
+    def provider_latency(self, provider: str, seconds: float) -> None:
         self._latency.observe(seconds, {"provider": provider})
 
     def throttled(self, provider: str) -> None:

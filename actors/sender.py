@@ -182,7 +182,8 @@ class SenderCore:
                 priority=r["priority"], path=self._path(r),
                 cost=max(1, int(r["segments"] or 1)) if r["channel"] in ("sms", "mms") else 1,
                 not_before=now + max(0.0, delay), attempt=int(r["attempts"] or 0),
-                campaign_id=str(r["campaign_id"]) if r["campaign_id"] else None))
+                campaign_id=str(r["campaign_id"]) if r["campaign_id"] else None,
+                leased_at=now))
         added = self.lanes.push(items, now)
         if added:
             self._wake.set()
@@ -320,8 +321,7 @@ class SenderCore:
         async def send(rows: list[Mapping[str, Any]]) -> None:
             started = time.perf_counter()
             out = await adapter.send_batch(creds, [self._outbound(r) for r in rows])
-            self.metrics.provider_latency(rows[0]["provider"], time.perf_counter() - started,
-                                          len(rows))
+            self.metrics.provider_latency(rows[0]["provider"], time.perf_counter() - started)
             results.extend(zip(rows, out, strict=True))
 
         async def send_bulk(rows: list[Mapping[str, Any]]) -> None:
@@ -415,7 +415,11 @@ class SenderCore:
     # --- housekeeping ------------------------------------------------------------------
 
     async def renew_leases(self) -> None:
-        held = [UUID(i) for i in self.lanes.queued_ids()]
+        """Extend the leases this shard holds in its lanes, every `lease_s / 3`. A lease
+        taken since the previous renewal has two thirds of its time left and is renewed
+        next time (a claim of thousands would otherwise be rewritten within seconds)."""
+        held = [UUID(i) for i in self.lanes.queued_ids(
+            leased_before=self.clock() - self.config.lease_s / 3)]
         if not held:
             return
         kept = await store.renew(self.pool, self.config.owner, held, self.config.lease_s)

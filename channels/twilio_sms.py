@@ -71,7 +71,9 @@ class TwilioSmsAdapter:
 
     async def send_batch(self, creds: ProviderCredentials,
                          messages: Sequence[OutboundMessage]) -> list[SendResult]:
-        results = list(await asyncio.gather(*(self._send(creds, m) for m in messages)))
+        # One message (a bulk SMS is a request of its own) is awaited as it is: no task.
+        results = [await self._send(creds, messages[0])] if len(messages) == 1 else \
+            list(await asyncio.gather(*(self._send(creds, m) for m in messages)))
         log_outcomes("sms", results)
         return results
 

@@ -171,6 +171,15 @@ def test_push_is_idempotent_while_queued_or_in_flight() -> None:
     assert ids(taken + rest) == ids(batch)  # each went out exactly once
 
 
+def test_queued_ids_can_leave_out_leases_taken_since_a_time() -> None:
+    lanes = Lanes()
+    old = msgs("sa", "n1", 2, leased_at=10.0)
+    fresh = msgs("sa", "n2", 2, leased_at=30.0)
+    lanes.push(old + fresh, 30.0)
+    assert lanes.queued_ids(leased_before=20.0) == ids(old)  # renewed; fresh ones wait
+    assert sorted(lanes.queued_ids()) == sorted(ids(old + fresh))
+
+
 def test_cancel_removes_queued_and_a_stop_mid_send_is_not_undone_by_a_retry() -> None:
     lanes, lim = Lanes(), NestedLimiter()
     batch = msgs("sa", "n1", 4, campaign_id="c1")

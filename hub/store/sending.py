@@ -101,59 +101,56 @@ SUPPRESSED = """EXISTS (SELECT 1 FROM suppressions s WHERE s.sub_account_id = m.
     AND s.address = CASE m.channel WHEN 'email' THEN lower(m.to_address) ELSE m.to_address END)"""
 
 
-async def begin_sending(pool: asyncpg.Pool, owner: str, ids: list[UUID],
-                        lease_s: float) -> list[Row]:
+async def begin_sending(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
     """Move leased messages from queued to sending and return what to send. Only the rows
     returned may be sent; the commit is the point of no return. The last gate before it: a
     recipient suppressed since the message was queued (a STOP a moment ago) is canceled
-    here, whatever path the message took; only compliance replies pass."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            f"""UPDATE messages m SET status = 'canceled', error_code = 'suppressed',
-                   error_message = 'the recipient opted out before it was sent',
-                   lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                WHERE m.id = ANY($2::uuid[]) AND m.status = 'queued' AND m.lease_owner = $1
-                  AND NOT m.compliance AND {SUPPRESSED}""",
-            owner, ids)
-        return await _begin(conn, owner, ids, lease_s)
-
-
-async def _begin(conn: asyncpg.Connection, owner: str, ids: list[UUID],
-                 lease_s: float) -> list[Row]:
+    here, whatever path the message took; only compliance replies pass. One statement, so
+    the suppression is checked in the very commit that makes the rest `sending`, and each
+    row is read and written once."""
     rows = await conn.fetch(
-        """UPDATE messages m SET status = 'sending', attempts = attempts + 1,
-                  lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+        f"""UPDATE messages m SET
+                  (status, attempts, error_code, error_message, lease_owner,
+                   lease_expires_at, updated_at) = (
+               SELECT CASE WHEN stop THEN 'canceled' ELSE 'sending' END,
+                      m.attempts + CASE WHEN stop THEN 0 ELSE 1 END,
+                      CASE WHEN stop THEN 'suppressed' ELSE m.error_code END,
+                      CASE WHEN stop THEN 'the recipient opted out before it was sent'
+                           ELSE m.error_message END,
+                      CASE WHEN stop THEN NULL ELSE m.lease_owner END,
+                      CASE WHEN stop THEN NULL ELSE now() + make_interval(secs => $3) END,
+                      now()
+               FROM (SELECT NOT m.compliance AND {SUPPRESSED} AS stop) gate)
            FROM provider_accounts p
            WHERE m.id = ANY($2::uuid[]) AND m.status = 'queued' AND m.lease_owner = $1
              AND p.id = m.provider_account_id
-           RETURNING m.id, m.sub_account_id, m.channel, m.from_address, m.to_address,
-                     m.subject, m.body, m.media_urls, m.voice, m.contact_id, m.campaign_id,
-                     m.priority, m.provider_account_id, p.provider, p.account_id,
-                     p.secret_encrypted, p.base_url, p.config""",
+           RETURNING m.status, m.id, m.sub_account_id, m.channel, m.from_address,
+                     m.to_address, m.subject, m.body, m.media_urls, m.voice, m.contact_id,
+                     m.campaign_id, m.priority, m.provider_account_id, p.provider,
+                     p.account_id, p.secret_encrypted, p.base_url, p.config""",
         owner, ids, lease_s,
     )
-    return [dict(r) for r in rows]
+    return [dict(r) for r in rows if r["status"] == "sending"]
 
 
 async def record_accepted(conn: Conn, owner: str, rows: list[tuple[UUID, str, str]]) -> None:
-    """(message id, provider message id, status): the provider took them."""
+    """(message id, provider message id, status): the provider took them. Each message's
+    history gets the status it now has (a receipt may have overtaken the answer)."""
     if not rows:
         return
     await conn.execute(
-        f"""UPDATE messages m SET provider_message_id = u.pid,
-                  status = CASE WHEN {sql_rank_case('u.st')} > {sql_rank_case('m.status')}
-                                THEN u.st ELSE m.status END,
-                  sent_at = coalesce(m.sent_at, now()), in_doubt = false,
-                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-           FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
-           WHERE m.id = u.id AND m.lease_owner = $1""",
+        f"""WITH taken AS (
+               UPDATE messages m SET provider_message_id = u.pid,
+                      status = CASE WHEN {sql_rank_case('u.st')} > {sql_rank_case('m.status')}
+                                    THEN u.st ELSE m.status END,
+                      sent_at = coalesce(m.sent_at, now()), in_doubt = false,
+                      lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+               FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
+               WHERE m.id = u.id AND m.lease_owner = $1
+               RETURNING m.id, m.sub_account_id, m.status)
+           INSERT INTO message_events (message_id, sub_account_id, status)
+           SELECT id, sub_account_id, status FROM taken""",
         owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-    )
-    await conn.execute(
-        """INSERT INTO message_events (message_id, sub_account_id, status)
-           SELECT m.id, m.sub_account_id, m.status FROM messages m
-           WHERE m.id = ANY($1::uuid[])""",
-        [r[0] for r in rows],
     )
 
 
