@@ -17,9 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from multidict import MultiDict
-from twilio.request_validator import RequestValidator
-
 from channels.base import (
     ErrorKind,
     InboundMessage,
@@ -35,7 +32,7 @@ from hub.status import Status
 
 __all__ = ["STATUS_MAP", "InvalidCallback", "LookupFailed", "TwilioSmsAdapter",
            "callback_error", "classify_twilio_error", "message_form", "parse_inbound",
-           "parse_status_callback", "verify_signature", "with_message_id"]
+           "parse_status_callback", "with_message_id"]
 
 log = logging.getLogger(__name__)
 
@@ -229,17 +226,3 @@ def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
                           body=form.get("Body") or "", media_urls=tuple(media),
                           account_id=form.get("AccountSid") or None,
                           messaging_service_id=form.get("MessagingServiceSid") or None)
-
-
-def verify_signature(auth_token: str, url: str,
-                     params: Mapping[str, str] | Sequence[tuple[str, str]] | str,
-                     signature: str | None) -> bool:
-    """X-Twilio-Signature check with the SDK's RequestValidator. `url` is the public URL
-    Twilio called (scheme, host, path and query exactly as configured), `params` every
-    posted parameter (pairs keep repeated keys), or the raw body of a JSON webhook."""
-    if not signature or not auth_token:
-        return False
-    checked: Any = params
-    if not isinstance(params, str | Mapping):
-        checked = MultiDict(params)
-    return bool(RequestValidator(auth_token).validate(url, checked, signature))
