@@ -1,10 +1,14 @@
 """A Scheduler shard: runs the campaign state machines of every sub-account whose slot it
 owns. Plain asyncio state; `actors/ray_api.py` makes it a Ray actor.
 
-Each tick, for each running campaign, it keeps a bounded window of messages ahead of the
+Each tick keeps, for every running campaign, a bounded window of messages ahead of the
 senders (so memory and the database's queue stay flat whatever the audience size): it leases
 due recipients, defers those whose local sending window is closed to the moment it opens,
 renders their bodies, picks a sticky sender, and creates their messages in one transaction.
+A tick is set-based: a few statements for all the shard's campaigns together (read them with
+their backlogs, fill, count, complete, report), not a few per campaign, so ten thousand
+small campaigns cost about what one large one does; campaigns that only wait for their
+recipients' windows are read every `full_every_s`, not every tick.
 Sender shards lease those messages from PostgreSQL; nothing is handed over in memory, so a
 restart of either side loses nothing.
 """
@@ -95,23 +99,62 @@ def record_counts(window: FailureWindow, ok: int, failed: int) -> None:
         window.record((i + 1) * failed // total == i * failed // total)
 
 
+class _Plan:
+    """What a fill needs of one campaign to turn its leased recipients into messages: its
+    sending window, parsed template and sender pool."""
+
+    def __init__(self, c: dict[str, Any], senders: list[dict[str, Any]]) -> None:
+        self.c = c
+        self.window = SendWindow(c["window_start"], c["window_end"])
+        self.template = parse(c["body"] or "", field="body")
+        self.senders = {str(s["id"]): s for s in senders}
+        self.sender_ids = list(self.senders)
+        self.conv_channel = "sms" if c["channel"] in ("sms", "mms") else c["channel"]
+
+    def message(self, r: dict[str, Any], to: str) -> dict[str, Any]:
+        c = self.c
+        variables = {"first_name": r["first_name"], "last_name": r["last_name"],
+                     "phone": r["phone"], "email": r["email"],
+                     "custom": r["custom_fields"] or {}}
+        body = self.template.render(variables).text
+        seg = count_segments(body) if c["channel"] in ("sms", "mms") else None
+        sender = self.senders[choose_sender(str(r["contact_id"]), self.sender_ids)]
+        return {"id": message_id_for(c["id"], r["contact_id"]), "campaign_id": c["id"],
+                "sub_account_id": c["sub_account_id"], "contact_id": r["contact_id"],
+                "conv_channel": self.conv_channel, "channel": c["channel"],
+                "sender_id": sender["id"], "provider_account_id": sender["provider_account_id"],
+                "from_address": sender["address"], "to_address": to, "subject": c["subject"],
+                "body": body, "voice": c["voice"], "segments": seg.segments if seg else 1,
+                "encoding": seg.encoding if seg else None, "slot": c["slot"]}
+
+
 class SchedulerCore:
     def __init__(self, owner: str, slots: tuple[int, ...], pool: asyncpg.Pool,
                  redis: aioredis.Redis, *, window_s: float = 5.0, min_window: int = 2_000,
-                 claim_batch: int = 1_000, lease_s: float = 60.0,
-                 progress_every_s: float = 1.0,
+                 claim_batch: int = 1_000, fill_rows: int = 5_000, lease_s: float = 60.0,
+                 progress_every_s: float = 1.0, full_every_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.owner, self.slots = owner, slots
         self.pool, self.redis = pool, redis
         self.window_s, self.min_window = window_s, min_window
-        self.claim_batch, self.lease_s = claim_batch, lease_s
+        #: Recipients claimed per campaign per tick, and per fill transaction in all.
+        self.claim_batch, self.fill_rows = claim_batch, fill_rows
+        self.lease_s = lease_s
         self.progress_every_s = progress_every_s
+        #: Idle campaigns (running, with recipients deferred to later and nothing queued,
+        #: sending or due) are read only this often: their counts can change only by
+        #: receipts, and ten thousand of them waiting for their windows then cost little.
+        self.full_every_s = full_every_s
+        self._full_at = -math.inf
         self.clock = clock
         self._last_progress: dict[UUID, float] = {}
+        self._reported: dict[UUID, dict[str, int]] = {}  # counts in the last progress event
         self._senders: dict[UUID, tuple[float, list[dict[str, Any]]]] = {}
         self._drain: dict[UUID, Drain] = {}
         self._created: dict[UUID, int] = {}  # created since the campaign's last backlog count
         self._failures: dict[UUID, tuple[FailureWindow, int, int]] = {}  # window, ok, failed
+        #: No campaign had a message outstanding or a recipient due at the last tick.
+        self.idle = True
         # One pass at a time: a kick (launch, resume) racing the loop's own tick could read a
         # backlog of 0 while the other pass fills, and complete a campaign still sending.
         self._tick_lock = asyncio.Lock()
@@ -122,59 +165,60 @@ class SchedulerCore:
             return await self._tick()
 
     async def _tick(self) -> int:
-        created = 0
-        campaigns = await store.active_for_slots(self.pool, list(self.slots))
-        for gone in set(self._drain) - {c["id"] for c in campaigns}:
-            self._forget(gone)  # paused, canceled or finished: a resume starts afresh
-        for campaign in campaigns:
-            try:
-                created += await self._advance(campaign)
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("campaign tick failed; will retry", extra={
-                    "campaign_id": str(campaign["id"]), "error": type(exc).__name__})
-        return created
-
-    async def _advance(self, c: dict[str, Any]) -> int:
+        """A few statements for every campaign of the shard together, whatever their number:
+        read them with their backlogs, start those whose time came, fill the windows of
+        those with room, count those whose progress is due, complete those with nothing
+        left, and report progress."""
         now = datetime.now(UTC)
-        if c["status"] == "scheduled":
-            if c["start_at"] and c["start_at"] > now:
-                return 0
-            await self._set_status(c, transition(c["status"], "start"))
-            c["status"] = "running"
-        created = 0
-        backlog = await store.backlog(self.pool, c["id"])
-        drain = self._drain.setdefault(c["id"], Drain())
-        drain.observe(self.clock(), backlog, self._created.pop(c["id"], 0))
-        senders = await self._sender_pool(c)
-        nominal = sum(s["mps"] for s in senders) if senders else 1.0
-        if c["rate_cap"]:
-            nominal = min(nominal, c["rate_cap"])
-        window = window_size(drain.rate(), nominal, self.window_s, self.min_window)
-        if backlog < window and senders:
-            created = await self._fill(c, senders, window - backlog, now)
-            self._created[c["id"]] = created
-        counts = await self._counts_due(c)
-        if counts is not None and await self._failure_tripped(c, counts):
-            return created
-        if created == 0 and backlog == 0 and not await store.pending_left(self.pool, c["id"]):
-            await self._set_status(c, transition(c["status"], "complete"),
-                                   extra=", completed_at = now()")
-            self._forget(c["id"])
-            counts = await store.counts(self.pool, c["id"])  # the final figures, once
-        if counts is not None:
-            await self._progress(c, counts)
-        return created
+        full = self.clock() - self._full_at >= self.full_every_s
+        campaigns = await store.active_for_slots(self.pool, list(self.slots),
+                                                 self.claim_batch, idle_too=full)
+        if full:  # every live campaign, idle ones too: count them, forget the others
+            self._full_at = self.clock()
+            for gone in set(self._drain) - {c["id"] for c in campaigns}:
+                self._forget(gone)  # paused, canceled or finished: a resume starts afresh
+        await self._start([c for c in campaigns if c["status"] == "scheduled"
+                           and not (c["start_at"] and c["start_at"] > now)])
+        running = [c for c in campaigns if c["status"] == "running"]
+        await self._load_senders(running)
+        wants: list[tuple[dict[str, Any], int]] = []
+        for c in running:
+            drain = self._drain.setdefault(c["id"], Drain())
+            drain.observe(self.clock(), c["backlog"], self._created.pop(c["id"], 0))
+            senders = self._senders[c["id"]][1]
+            nominal = sum(s["mps"] for s in senders) if senders else 1.0
+            if c["rate_cap"]:
+                nominal = min(nominal, c["rate_cap"])
+            window = window_size(drain.rate(), nominal, self.window_s, self.min_window)
+            if c["backlog"] < window and senders and c["due"]:
+                wants.append((c, min(window - c["backlog"], c["due"], self.claim_batch)))
+        created = await self._fill(wants, now)
+        self._created.update(created)
+        self.idle = not any(c["backlog"] or c["due"] for c in running)
+        due = [c for c in running if self._counts_due(c)]
+        counts = await store.counts_many(self.pool, [c["id"] for c in due]) if due else {}
+        paused = {c["id"] for c in due
+                  if await self._failure_tripped(c, counts.get(c["id"], {}))}
+        finished = await self._complete([
+            c for c in running if c["id"] not in paused and not created.get(c["id"])
+            and c["backlog"] == 0 and not c["pending_left"]])
+        if finished:  # the final figures, once
+            counts.update(await store.counts_many(self.pool, [c["id"] for c in finished]))
+        report = {c["id"]: c for c in due + finished if c["id"] not in paused}
+        await self._progress([(c, counts.get(i, {})) for i, c in report.items()],
+                             final={c["id"] for c in finished})
+        return sum(created.values())
 
-    async def _counts_due(self, c: dict[str, Any]) -> dict[str, int] | None:
-        """The campaign's counts, else None if they were taken too recently. Counting is a
-        pass over the campaign's rows, so past `COUNT_ROWS_PER_S` recipients it happens less
-        often than `progress_every_s` (every 10 s for a million): about constant work."""
+    def _counts_due(self, c: dict[str, Any]) -> bool:
+        """Whether the campaign's counts are due: counting is a pass over the campaign's
+        rows, so past `COUNT_ROWS_PER_S` recipients it happens less often than
+        `progress_every_s` (every 10 s for a million): about constant work."""
         last = self._last_progress.get(c["id"], -math.inf)
         every = max(self.progress_every_s, c["recipients_total"] / COUNT_ROWS_PER_S)
         if self.clock() - last < every:
-            return None
+            return False
         self._last_progress[c["id"]] = self.clock()
-        return await store.counts(self.pool, c["id"])
+        return True
 
     def _forget(self, campaign_id: UUID) -> None:
         """Drop what this shard tracks for a campaign that stopped (or left its slots)."""
@@ -182,67 +226,75 @@ class SchedulerCore:
         self._created.pop(campaign_id, None)
         self._failures.pop(campaign_id, None)
         self._last_progress.pop(campaign_id, None)
+        self._reported.pop(campaign_id, None)
         self._senders.pop(campaign_id, None)
 
-    async def _sender_pool(self, c: dict[str, Any]) -> list[dict[str, Any]]:
-        cached = self._senders.get(c["id"])
-        if cached and cached[0] > self.clock():
-            return cached[1]
+    async def _load_senders(self, campaigns: list[dict[str, Any]]) -> None:
+        """Each campaign's sender pool, re-read every 10 s: one query for all that are due."""
+        stale = [c for c in campaigns
+                 if (cached := self._senders.get(c["id"])) is None or cached[0] <= self.clock()]
+        if not stale:
+            return
         rows = await self.pool.fetch(
-            "SELECT id, address, mps FROM senders WHERE id = ANY($1::uuid[]) ORDER BY id",
-            c["sender_ids"])
-        senders = [dict(r) for r in rows]
-        self._senders[c["id"]] = (self.clock() + 10.0, senders)
-        return senders
+            "SELECT id, provider_account_id, address, mps FROM senders WHERE id = ANY($1::uuid[])",
+            list({s for c in stale for s in c["sender_ids"]}))
+        by_id = {r["id"]: dict(r) for r in rows}
+        for c in stale:
+            self._senders[c["id"]] = (self.clock() + 10.0, [
+                by_id[s] for s in sorted(set(c["sender_ids"])) if s in by_id])
 
-    async def _fill(self, c: dict[str, Any], senders: list[dict[str, Any]], room: int,
-                    now: datetime) -> int:
-        window = SendWindow(c["window_start"], c["window_end"])
-        template = parse(c["body"] or "", field="body")
-        by_id = {str(s["id"]): s for s in senders}
-        sender_ids = list(by_id)
-        email = c["channel"] == "email"
+    async def _fill(self, wants: list[tuple[dict[str, Any], int]],
+                    now: datetime) -> dict[UUID, int]:
+        """Create the messages of every campaign with room, up to `fill_rows` recipients a
+        transaction; returns the messages created per campaign."""
+        created: dict[UUID, int] = {}
+        chunk: list[tuple[dict[str, Any], int]] = []
+        rows = 0
+        for i, (c, n) in enumerate(wants):
+            chunk.append((c, n))
+            rows += n
+            if rows >= self.fill_rows or i == len(wants) - 1:
+                created.update(await self._fill_chunk(chunk, now))
+                chunk, rows = [], 0
+        return created
+
+    async def _fill_chunk(self, wants: list[tuple[dict[str, Any], int]],
+                          now: datetime) -> dict[UUID, int]:
+        """One transaction: lease the campaigns' due recipients, defer those whose local
+        sending window is closed, skip those without an address or opted out since launch,
+        render the rest and create their messages."""
+        by_campaign = {c["id"]: c for c, _ in wants}
         async with self.pool.acquire() as conn, conn.transaction():
-            # Share-lock the campaign: a pause or cancel (which lock it for update) waits for
-            # this fill to commit and then takes its messages back, or this fill sees it.
-            status = await conn.fetchval(
-                "SELECT status FROM campaigns WHERE id = $1 FOR SHARE", c["id"])
-            if status != "running":
-                return 0
-            due = await store.claim_due(conn, c["id"], self.owner, min(room, self.claim_batch),
-                                        self.lease_s, _address_channel(c["channel"]))
-            deferred: list[tuple[UUID, datetime]] = []
-            skipped: list[tuple[UUID, str]] = []
+            running = await store.lock_running(conn, list(by_campaign))
+            due = await store.claim_due(conn, [
+                (c["id"], n, _address_channel(c["channel"])) for c, n in wants
+                if c["id"] in running], self.owner, self.lease_s)
+            deferred: list[tuple[UUID, UUID, datetime]] = []
+            skipped: list[tuple[UUID, UUID, str]] = []
             messages: list[dict[str, Any]] = []
+            plans: dict[UUID, _Plan] = {}
             for r in due:
+                c = by_campaign[r["campaign_id"]]
+                plan = plans.get(c["id"])
+                if plan is None:
+                    plan = plans[c["id"]] = _Plan(c, self._senders[c["id"]][1])
+                email = c["channel"] == "email"
                 to = r["email"] if email else r["phone"]
                 if not to:
-                    skipped.append((r["contact_id"], "no_email" if email else "no_phone"))
+                    skipped.append((c["id"], r["contact_id"], "no_email" if email else "no_phone"))
                     continue
                 if r["suppressed"]:  # opted out since launch
-                    skipped.append((r["contact_id"], "suppressed"))
+                    skipped.append((c["id"], r["contact_id"], "suppressed"))
                     continue
-                if c["channel"] != "email":
+                if not email:
                     tz = contact_timezone(r["timezone"], r["phone"], c["sa_timezone"])
-                    if not window.allows(now, tz):
-                        deferred.append((r["contact_id"], window.next_open(now, tz)))
+                    if not plan.window.allows(now, tz):
+                        deferred.append((c["id"], r["contact_id"], plan.window.next_open(now, tz)))
                         continue
-                variables = {"first_name": r["first_name"], "last_name": r["last_name"],
-                             "phone": r["phone"], "email": r["email"],
-                             "custom": r["custom_fields"] or {}}
-                body = template.render(variables).text
-                seg = count_segments(body) if c["channel"] in ("sms", "mms") else None
-                sender = by_id[choose_sender(str(r["contact_id"]), sender_ids)]
-                messages.append({
-                    "id": message_id_for(c["id"], r["contact_id"]),
-                    "contact_id": r["contact_id"], "sender_id": sender["id"], "to_address": to,
-                    "body": body, "segments": seg.segments if seg else 1,
-                    "encoding": seg.encoding if seg else None})
-            await store.defer(conn, c["id"], self.owner, deferred)
-            await store.skip(conn, c["id"], self.owner, skipped)
-            slot = await conn.fetchval("SELECT slot FROM sub_accounts WHERE id = $1",
-                                       c["sub_account_id"])
-            return await store.create_messages(conn, c, self.owner, messages, slot)
+                messages.append(plan.message(r, to))
+            await store.defer(conn, self.owner, deferred)
+            await store.skip(conn, self.owner, skipped)
+            return await store.create_messages(conn, self.owner, messages)
 
     async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int]) -> bool:
         """Feed the outcomes since the last look into the campaign's failure window; pause
@@ -266,35 +318,81 @@ class SchedulerCore:
         errors = {str(e["error_code"]): int(e["n"])
                   for e in await store.top_errors(self.pool, c["id"])}
         reason = window.reason(errors)
+        status = transition(c["status"], "auto_pause")
         async with self.pool.acquire() as conn, conn.transaction():
             await store.unqueue(conn, c["id"])
-        await self._set_status(c, transition(c["status"], "auto_pause"), paused_reason=reason)
+            row = await store.set_status(conn, c["id"], str(status), paused_reason=reason)
+            written = await self._updated(conn, [row])
+        await events.publish(self.redis, written)
         self._forget(c["id"])
         log.warning("campaign paused automatically", extra={"campaign_id": str(c["id"]),
                                                              "reason": reason})
         return True
 
-    async def _set_status(self, c: dict[str, Any], status: str, *, paused_reason: str | None = None,
-                          extra: str = "") -> None:
+    async def _start(self, campaigns: list[dict[str, Any]]) -> None:
+        """Scheduled campaigns whose start time came begin running."""
+        if not campaigns:
+            return
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await store.set_status(conn, c["id"], str(status), paused_reason=paused_reason,
-                                         extra=extra)
-            written = await events.append(conn, [events.PendingEvent(
-                c["sub_account_id"], "campaign.updated", row, f"campaign:{c['id']}")])
+            rows = await store.start(conn, [c["id"] for c in campaigns],
+                                     str(transition("scheduled", "start")))
+            written = await self._updated(conn, rows)
         await events.publish(self.redis, written)
-        c["status"] = str(status)
+        started = {r["id"] for r in rows}
+        for c in campaigns:
+            if c["id"] in started:
+                c["status"] = "running"
 
-    async def _progress(self, c: dict[str, Any], counts: dict[str, int]) -> None:
-        """A `campaign.progress` event with the counts (about one a second per campaign)."""
+    async def _complete(self, campaigns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Complete the campaigns with nothing pending, queued or sending (checked again by
+        the update itself); returns those completed."""
+        if not campaigns:
+            return []
         async with self.pool.acquire() as conn, conn.transaction():
-            written = await events.append(conn, [events.PendingEvent(
+            rows = await store.complete(conn, [c["id"] for c in campaigns],
+                                        str(transition("running", "complete")))
+            written = await self._updated(conn, rows)
+        await events.publish(self.redis, written)
+        done = {r["id"] for r in rows}
+        finished = [c for c in campaigns if c["id"] in done]
+        for c in finished:
+            c["status"] = str(transition("running", "complete"))
+        return finished
+
+    @staticmethod
+    async def _updated(conn: asyncpg.Connection,
+                       rows: list[dict[str, Any]]) -> list[events.Event]:
+        """`campaign.updated` for each campaign whose status changed, written in `conn`'s
+        transaction; the caller publishes them once it commits."""
+        return await events.append(conn, [events.PendingEvent(
+            r["sub_account_id"], "campaign.updated", r, f"campaign:{r['id']}") for r in rows])
+
+    async def _progress(self, items: list[tuple[dict[str, Any], dict[str, int]]],
+                        final: set[UUID]) -> None:
+        """A `campaign.progress` event with the counts, for each campaign whose counts
+        changed since its last one (at most about one a second), and the final figures of
+        each campaign just completed: one transaction for all."""
+        pending = []
+        for c, counts in items:
+            if counts == self._reported.get(c["id"]) and c["id"] not in final:
+                continue
+            self._reported[c["id"]] = counts
+            pending.append(events.PendingEvent(
                 c["sub_account_id"], "campaign.progress",
                 {"id": str(c["id"]), "status": c["status"], "counts": counts,
-                 "recipients_total": c["recipients_total"]},
-                f"campaign:{c['id']}")])
+                 "recipients_total": c["recipients_total"]}, f"campaign:{c['id']}"))
+        if not pending:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            written = await events.append(conn, pending)
         await events.publish(self.redis, written)
 
-    async def run(self, stop: asyncio.Event, interval_s: float = 0.2) -> None:
+    async def run(self, stop: asyncio.Event, interval_s: float = 0.2,
+                  idle_interval_s: float = 1.0) -> None:
+        """Tick until `stop`: at once again while ticks create messages, every `interval_s`
+        while messages are outstanding (to refill windows and see campaigns finish), every
+        `idle_interval_s` while nothing is (campaigns waiting for their recipients' windows
+        or start time cost a tick a second; a launch or resume kicks a tick at once)."""
         while not stop.is_set():
             try:
                 created = await self.tick()
@@ -305,4 +403,5 @@ class SchedulerCore:
                 await asyncio.sleep(1.0)
             if created == 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval_s)
+                    await asyncio.wait_for(stop.wait(),
+                                           idle_interval_s if self.idle else interval_s)

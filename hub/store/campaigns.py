@@ -124,137 +124,223 @@ async def materialise(conn: asyncpg.Connection, campaign: Row, audience_where: s
     return total, skipped
 
 
-async def active_for_slots(conn: Conn, slots: list[int]) -> list[Row]:
+#: The columns of a live campaign that the scheduler's tick reads (not its audience).
+TICK_COLS = (
+    "id, sub_account_id, channel, status, body, subject, voice, sender_ids, "
+    "start_at, window_start, window_end, rate_cap, failure_threshold, recipients_total"
+)
+
+
+async def active_for_slots(conn: Conn, slots: list[int], claim_batch: int, *,
+                           idle_too: bool) -> list[Row]:
+    """The live campaigns of the slots, one statement for all: each with its backlog
+    (messages queued or sending), the recipients due now (counted up to `claim_batch`) and
+    whether any recipient is pending. Without `idle_too`, running campaigns that only wait
+    for their recipients' windows (nothing queued, sending or due, but some pending) are
+    left out."""
     rows = await conn.fetch(
-        f"""SELECT {', '.join('c.' + c.strip() for c in COLS.split(','))},
-                   s.timezone AS sa_timezone, s.slot
-            FROM campaigns c JOIN sub_accounts s ON s.id = c.sub_account_id
-            WHERE c.status IN ('scheduled', 'running') AND s.slot = ANY($1::int[])""",
-        slots,
+        f"""SELECT * FROM (
+                SELECT {', '.join('c.' + c.strip() for c in TICK_COLS.split(','))},
+                       s.timezone AS sa_timezone, s.slot,
+                       (SELECT count(*) FROM messages m WHERE m.campaign_id = c.id
+                          AND m.status IN ('queued', 'sending')) AS backlog,
+                       (SELECT count(*) FROM (
+                           SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id
+                             AND r.status = 'pending' AND r.due_at <= now()
+                           LIMIT $2) d) AS due,
+                       EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id
+                                 AND r.status = 'pending') AS pending_left
+                FROM campaigns c JOIN sub_accounts s ON s.id = c.sub_account_id
+                WHERE c.status IN ('scheduled', 'running') AND s.slot = ANY($1::int[])) a
+            WHERE $3 OR status = 'scheduled' OR backlog > 0 OR due > 0 OR NOT pending_left""",
+        slots, claim_batch, idle_too,
     )
     return [dict(r) for r in rows]
 
 
-async def backlog(conn: Conn, campaign_id: UUID) -> int:
-    """Messages of the campaign created but not yet answered by the provider."""
-    return int(await conn.fetchval(
-        """SELECT count(*) FROM messages WHERE campaign_id = $1
-           AND status IN ('queued', 'sending')""", campaign_id))
-
-
-async def claim_due(conn: asyncpg.Connection, campaign_id: UUID, owner: str, limit: int,
-                    lease_s: float, suppression_channel: str) -> list[Row]:
-    """Lease due pending recipients with their contact's fields, and whether they have been
-    suppressed since launch."""
+async def lock_running(conn: asyncpg.Connection, campaign_ids: list[UUID]) -> set[UUID]:
+    """Share-lock the campaigns and return those still running: a pause or cancel (which
+    locks its campaign for update) waits for the caller's fill to commit and then takes its
+    messages back, or the fill sees it and leaves the campaign alone."""
     rows = await conn.fetch(
-        """WITH picked AS (
-               SELECT contact_id FROM campaign_recipients
-               WHERE campaign_id = $1 AND status = 'pending' AND due_at <= now()
-                 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
-               ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED),
+        """SELECT id FROM campaigns WHERE id = ANY($1::uuid[]) AND status = 'running'
+           ORDER BY id FOR SHARE""", campaign_ids)
+    return {r["id"] for r in rows}
+
+
+async def claim_due(conn: asyncpg.Connection, wants: list[tuple[UUID, int, str]], owner: str,
+                    lease_s: float) -> list[Row]:
+    """Lease due pending recipients of several campaigns, (campaign, how many, suppression
+    channel) each, with their contact's fields and whether they have been suppressed since
+    launch."""
+    if not wants:
+        return []
+    rows = await conn.fetch(
+        """WITH want AS (
+               SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[])
+                   AS w(campaign_id, n, channel)),
+           picked AS (
+               SELECT w.campaign_id, p.contact_id FROM want w CROSS JOIN LATERAL (
+                   SELECT r.contact_id FROM campaign_recipients r
+                   WHERE r.campaign_id = w.campaign_id AND r.status = 'pending'
+                     AND r.due_at <= now()
+                     AND (r.lease_owner IS NULL OR r.lease_owner = $4
+                          OR r.lease_expires_at < now())
+                   ORDER BY r.due_at LIMIT w.n FOR UPDATE SKIP LOCKED) p),
            leased AS (
-               UPDATE campaign_recipients r SET lease_owner = $2,
-                      lease_expires_at = now() + make_interval(secs => $4)
-               FROM picked WHERE r.campaign_id = $1 AND r.contact_id = picked.contact_id
-               RETURNING r.contact_id)
-           SELECT c.id AS contact_id, c.phone, c.email, c.first_name, c.last_name, c.timezone,
-                  c.custom_fields, c.tags,
+               UPDATE campaign_recipients r SET lease_owner = $4,
+                      lease_expires_at = now() + make_interval(secs => $5)
+               FROM picked WHERE r.campaign_id = picked.campaign_id
+                 AND r.contact_id = picked.contact_id
+               RETURNING r.campaign_id, r.contact_id)
+           SELECT leased.campaign_id, c.id AS contact_id, c.phone, c.email, c.first_name,
+                  c.last_name, c.timezone, c.custom_fields,
                   EXISTS (SELECT 1 FROM suppressions s WHERE s.sub_account_id = c.sub_account_id
-                          AND s.removed_at IS NULL AND s.channel = $5
-                          AND s.address = CASE WHEN $5 = 'email' THEN c.email_key
+                          AND s.removed_at IS NULL AND s.channel = w.channel
+                          AND s.address = CASE WHEN w.channel = 'email' THEN c.email_key
                                                ELSE c.phone END) AS suppressed
-           FROM leased JOIN contacts c ON c.id = leased.contact_id""",
-        campaign_id, owner, limit, lease_s, suppression_channel,
+           FROM leased JOIN want w ON w.campaign_id = leased.campaign_id
+           JOIN contacts c ON c.id = leased.contact_id""",
+        [w[0] for w in wants], [w[1] for w in wants], [w[2] for w in wants], owner, lease_s,
     )
     return [dict(r) for r in rows]
 
 
-async def defer(conn: asyncpg.Connection, campaign_id: UUID, owner: str,
-                rows: list[tuple[UUID, datetime]]) -> None:
-    """Quiet hours: move recipients to the next time their window opens."""
+async def defer(conn: asyncpg.Connection, owner: str,
+                rows: list[tuple[UUID, UUID, datetime]]) -> None:
+    """Quiet hours: move recipients, (campaign, contact, when), to the next time their
+    window opens."""
     if rows:
         await conn.execute(
             """UPDATE campaign_recipients r SET due_at = u.due, lease_owner = NULL,
                       lease_expires_at = NULL
-               FROM unnest($3::uuid[], $4::timestamptz[]) AS u(contact_id, due)
-               WHERE r.campaign_id = $1 AND r.contact_id = u.contact_id AND r.lease_owner = $2""",
-            campaign_id, owner, [r[0] for r in rows], [r[1] for r in rows])
+               FROM unnest($2::uuid[], $3::uuid[], $4::timestamptz[])
+                   AS u(campaign_id, contact_id, due)
+               WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
+                 AND r.lease_owner = $1""",
+            owner, *map(list, zip(*rows, strict=True)))
 
 
-async def skip(conn: asyncpg.Connection, campaign_id: UUID, owner: str,
-               rows: list[tuple[UUID, str]]) -> None:
+async def skip(conn: asyncpg.Connection, owner: str, rows: list[tuple[UUID, UUID, str]]) -> None:
+    """Recipients, (campaign, contact, reason), that will never be sent."""
     if rows:
         await conn.execute(
-            """UPDATE campaign_recipients r SET status = 'skipped', skip_reason = u.reason,
-                      lease_owner = NULL
-               FROM unnest($3::uuid[], $4::text[]) AS u(contact_id, reason)
-               WHERE r.campaign_id = $1 AND r.contact_id = u.contact_id AND r.lease_owner = $2""",
-            campaign_id, owner, [r[0] for r in rows], [r[1] for r in rows])
-        await conn.execute("UPDATE campaigns SET skipped_total = skipped_total + $2 "
-                           "WHERE id = $1", campaign_id, len(rows))
+            """WITH skipped AS (
+                   UPDATE campaign_recipients r SET status = 'skipped', skip_reason = u.reason,
+                          lease_owner = NULL
+                   FROM unnest($2::uuid[], $3::uuid[], $4::text[])
+                       AS u(campaign_id, contact_id, reason)
+                   WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
+                     AND r.lease_owner = $1
+                   RETURNING r.campaign_id)
+               UPDATE campaigns c SET skipped_total = skipped_total + k.n
+               FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) k
+               WHERE c.id = k.campaign_id""",
+            owner, *map(list, zip(*rows, strict=True)))
 
 
-async def create_messages(conn: asyncpg.Connection, campaign: Row, owner: str,
-                          messages: list[Row], slot: int) -> int:
-    """Create the recipients' messages (queued, bulk) with their conversations, and mark the
-    recipients queued. The message id is derived from (campaign, contact), and the unique
+async def create_messages(conn: asyncpg.Connection, owner: str,
+                          messages: list[Row]) -> dict[UUID, int]:
+    """Create the recipients' messages (queued, bulk), of any number of campaigns, with their
+    conversations, and mark the recipients queued; returns the messages created per
+    campaign. The message id is derived from (campaign, contact), and the unique
     (campaign_id, contact_id) index makes a second attempt a no-op: one message per
     recipient, whatever restarts in between."""
     if not messages:
-        return 0
-    sa, channel = campaign["sub_account_id"], campaign["channel"]
-    conv_channel = "sms" if channel in ("sms", "mms") else channel
-    contact_ids = [m["contact_id"] for m in messages]
+        return {}
+    col = {k: [m[k] for m in messages] for k in messages[0]}
     await conn.execute(
         """INSERT INTO conversations (sub_account_id, contact_id, channel)
-           SELECT $1, unnest($2::uuid[]), $3 ON CONFLICT DO NOTHING""",
-        sa, contact_ids, conv_channel)
-    status = await conn.execute(
+           SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])
+           ON CONFLICT DO NOTHING""",
+        col["sub_account_id"], col["contact_id"], col["conv_channel"])
+    # Every value comes with its row, and the two lookups are subqueries on unique keys: the
+    # plan cannot turn them into a scan of every conversation (which a join did, at 1,000
+    # rows a statement, as soon as the small tables had no statistics).
+    rows = await conn.fetch(
         """INSERT INTO messages (id, sub_account_id, conversation_id, contact_id, campaign_id,
                direction, channel, priority, sender_id, provider_account_id, from_address,
                to_address, subject, body, media_urls, voice, status, segments, encoding, slot)
-           SELECT u.id, $1, conv.id, u.contact_id, $2, 'outbound', $3, 'bulk', u.sender_id,
-                  snd.provider_account_id, snd.address, u.to_address, $4, u.body, $5, $6,
-                  'queued', u.segments, u.encoding, $7
-           FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::text[],
-                       $13::int[], $14::text[]) AS u(id, contact_id, sender_id, to_address,
-                                                     body, segments, encoding)
-           JOIN senders snd ON snd.id = u.sender_id
-           JOIN conversations conv ON conv.sub_account_id = $1 AND conv.contact_id = u.contact_id
-                AND conv.channel = $15
-           ON CONFLICT DO NOTHING""",
-        sa, campaign["id"], channel, campaign["subject"], campaign["media_urls"],
-        campaign["voice"], slot,
-        [m["id"] for m in messages], contact_ids, [m["sender_id"] for m in messages],
-        [m["to_address"] for m in messages], [m["body"] for m in messages],
-        [m["segments"] for m in messages], [m["encoding"] for m in messages], conv_channel)
+           SELECT u.id, u.sub_account_id,
+                  (SELECT conv.id FROM conversations conv
+                   WHERE conv.sub_account_id = u.sub_account_id
+                     AND conv.contact_id = u.contact_id AND conv.channel = u.conv_channel),
+                  u.contact_id, u.campaign_id, 'outbound', u.channel, 'bulk', u.sender_id,
+                  u.provider_account_id, u.from_address, u.to_address, u.subject, u.body,
+                  (SELECT cp.media_urls FROM campaigns cp WHERE cp.id = u.campaign_id),
+                  u.voice, 'queued', u.segments, u.encoding, u.slot
+           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
+                       $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[],
+                       $12::text[], $13::jsonb[], $14::int[], $15::text[], $16::int[])
+                AS u(id, campaign_id, sub_account_id, conv_channel, contact_id, channel,
+                     sender_id, provider_account_id, from_address, to_address, subject, body,
+                     voice, segments, encoding, slot)
+           ON CONFLICT DO NOTHING RETURNING campaign_id""",
+        *(col[k] for k in ("id", "campaign_id", "sub_account_id", "conv_channel", "contact_id",
+                           "channel", "sender_id", "provider_account_id", "from_address",
+                           "to_address", "subject", "body", "voice", "segments", "encoding",
+                           "slot")))
     await conn.execute(
         """UPDATE campaign_recipients r SET status = 'queued', message_id = u.id,
                   lease_owner = NULL, lease_expires_at = NULL
-           FROM unnest($3::uuid[], $4::uuid[]) AS u(contact_id, id)
-           WHERE r.campaign_id = $1 AND r.contact_id = u.contact_id AND r.lease_owner = $2""",
-        campaign["id"], owner, contact_ids, [m["id"] for m in messages])
-    return int(status.split()[-1])
+           FROM unnest($2::uuid[], $3::uuid[], $4::uuid[]) AS u(campaign_id, contact_id, id)
+           WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
+             AND r.lease_owner = $1""",
+        owner, col["campaign_id"], col["contact_id"], col["id"])
+    created: dict[UUID, int] = {}
+    for r in rows:
+        created[r["campaign_id"]] = created.get(r["campaign_id"], 0) + 1
+    return created
 
 
-async def pending_left(conn: Conn, campaign_id: UUID) -> bool:
-    return bool(await conn.fetchval(
-        """SELECT EXISTS (SELECT 1 FROM campaign_recipients
-                          WHERE campaign_id = $1 AND status = 'pending')""", campaign_id))
+async def start(conn: asyncpg.Connection, campaign_ids: list[UUID], status: str) -> list[Row]:
+    """Scheduled campaigns whose start time came begin running; returns those started."""
+    rows = await conn.fetch(
+        f"""UPDATE campaigns SET status = $2, updated_at = now()
+            WHERE id = ANY($1::uuid[]) AND status = 'scheduled' RETURNING {COLS}""",
+        campaign_ids, status)
+    return [dict(r) for r in rows]
+
+
+async def complete(conn: asyncpg.Connection, campaign_ids: list[UUID], status: str) -> list[Row]:
+    """Complete the running campaigns with nothing pending, queued or sending (checked here,
+    in the update itself); returns those completed."""
+    rows = await conn.fetch(
+        f"""UPDATE campaigns c SET status = $2, paused_reason = NULL, updated_at = now(),
+                   completed_at = now()
+            WHERE c.id = ANY($1::uuid[]) AND c.status = 'running'
+              AND NOT EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id
+                                AND r.status = 'pending')
+              AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_id = c.id
+                                AND m.status IN ('queued', 'sending'))
+            RETURNING {', '.join('c.' + c.strip() for c in COLS.split(','))}""",
+        campaign_ids, status)
+    return [dict(r) for r in rows]
 
 
 async def counts(conn: Conn, campaign_id: UUID) -> dict[str, int]:
-    """Recipients by outcome: pending and skipped from the recipients, the rest from their
-    messages' statuses."""
+    """Recipients of one campaign by outcome (see `counts_many`)."""
+    return (await counts_many(conn, [campaign_id])).get(campaign_id, {})
+
+
+async def counts_many(conn: Conn, campaign_ids: list[UUID]) -> dict[UUID, dict[str, int]]:
+    """Recipients by outcome, per campaign: pending and skipped from the recipients, the
+    rest from their messages' statuses. Each campaign is counted on its own (a lateral
+    subquery keyed by its id), as one campaign's counts would be."""
     rows = await conn.fetch(
-        """SELECT status, count(*) AS n FROM campaign_recipients WHERE campaign_id = $1
-             AND status IN ('pending', 'skipped', 'canceled') GROUP BY status
-           UNION ALL
-           SELECT status, count(*) FROM messages WHERE campaign_id = $1 GROUP BY status""",
-        campaign_id)
-    out: dict[str, int] = {}
+        """SELECT k.id AS campaign_id, n.status, n.n FROM unnest($1::uuid[]) AS k(id)
+           CROSS JOIN LATERAL (
+               SELECT status, count(*) AS n FROM campaign_recipients
+               WHERE campaign_id = k.id AND status IN ('pending', 'skipped', 'canceled')
+               GROUP BY status
+               UNION ALL
+               SELECT status, count(*) FROM messages WHERE campaign_id = k.id
+               GROUP BY status) n""",
+        campaign_ids)
+    out: dict[UUID, dict[str, int]] = {}
     for r in rows:
-        out[r["status"]] = out.get(r["status"], 0) + int(r["n"])
+        c = out.setdefault(r["campaign_id"], {})
+        c[r["status"]] = c.get(r["status"], 0) + int(r["n"])
     return out
 
 

@@ -1,0 +1,208 @@
+"""The scheduler's tick against the real PostgreSQL: set-based (the same statements for two
+campaigns as for twelve), and every campaign still gets what it got one by one: quiet hours
+per contact, opt-outs since launch, sticky senders, completion only when nothing is left.
+
+The sub-accounts here sit on slots no running shard owns, so only the SchedulerCore under
+test touches their campaigns, and their messages stay queued until the test answers them."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, time
+from typing import Any
+from uuid import UUID
+
+from actors.scheduler import SchedulerCore, message_id_for
+from hub import actions, campaign_actions, db
+from hub.context import Hub
+from hub.crypto import hash_api_key
+from hub.sender_pool import choose_sender
+from hub.store import tenants
+from hub.tenancy import Principal
+from tests.test_campaigns import open_window_now
+
+_numbers = itertools.count(5_000_000)
+
+
+async def _principal(hub: Hub) -> Principal:
+    agency, key = await actions.do_create_agency(hub, "ticks")
+    row = await tenants.find_api_key(hub.pool, hash_api_key(key))
+    assert row is not None
+    return Principal(row["id"], agency["id"], None)
+
+
+async def _campaigns(hub: Hub, principal: Principal, n: int, slot: int, *,
+                     quiet: bool = True) -> list[dict[str, Any]]:
+    """n sub-accounts on `slot`, each with two senders and a running campaign to a contact
+    whose window is open now, one who opts out after the launch and, with `quiet`, one whose
+    window is closed (UTC+12)."""
+    start, end = (time.fromisoformat(t) for t in open_window_now())
+    out = []
+    for i in range(n):
+        sa = await actions.do_create_sub_account(hub, principal, {"name": f"t{i}"})
+        await hub.pool.execute("UPDATE sub_accounts SET slot = $2 WHERE id = $1", sa["id"], slot)
+        provider = await actions.do_create_provider_account(hub, sa["id"], {
+            "provider": "twilio", "name": "p", "account_id": "AC" + "e" * 32,
+            "secret": "token", "base_url": "http://127.0.0.1:9"})
+        senders = [await actions.do_create_sender(hub, sa, {
+            "provider_account_id": provider["id"], "channel": "sms", "kind": "toll_free",
+            "address": f"+1833{next(_numbers)}", "mps": 5}) for _ in range(2)]
+        zones = ["Etc/GMT", "Etc/GMT-1"] + (["Etc/GMT-12"] if quiet else [])
+        phones = [f"+1415{next(_numbers)}" for _ in zones]
+        await hub.pool.execute(
+            """INSERT INTO contacts (sub_account_id, phone, first_name, timezone, tags)
+               SELECT $1, p, 'Pat', z, ARRAY['all']
+               FROM unnest($2::text[], $3::text[]) AS u(p, z)""", sa["id"], phones, zones)
+        c = await campaign_actions.do_create_campaign(hub, sa, {
+            "name": "c", "channel": "sms", "audience": {"tags_any": ["all"]},
+            "body": "Hi {{first_name}}", "window_start": start, "window_end": end,
+            "failure_threshold": 0.5})
+        await campaign_actions.do_launch_campaign(hub, sa, c["id"])
+        await hub.pool.execute(  # the UTC+1 contact opts out after the launch
+            """INSERT INTO suppressions (sub_account_id, channel, address, reason, source,
+                                         created_by)
+               VALUES ($1, 'sms', $2, 'STOP', 'opt_out', 't')""",
+            sa["id"], phones[1])
+        out.append({"sa": sa["id"], "id": c["id"], "open": phones[0], "opted_out": phones[1],
+                    "quiet": phones[2] if quiet else None,
+                    "senders": [str(s["id"]) for s in senders]})
+    return out
+
+
+class Counted:
+    """A pool whose connections count the statements they run."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+
+    async def open(self, dsn: str) -> Any:
+        pool = await db.create_pool(dsn, min_size=2, max_size=2)
+        conns = [await pool.acquire() for _ in range(2)]
+        for conn in conns:
+            conn.add_query_logger(self._count)
+        for conn in conns:
+            await pool.release(conn)
+        return pool
+
+    def _count(self, record: Any) -> None:
+        self.statements += 1
+
+
+async def test_a_tick_costs_the_same_statements_for_2_or_12_campaigns(
+        hub: Hub, services: Any) -> None:
+    principal = await _principal(hub)
+    spent = []
+    for n, slot in ((2, 5001), (12, 5002)):
+        made = await _campaigns(hub, principal, n, slot)
+        counter = Counted()
+        pool = await counter.open(services.database_url)
+        try:
+            core = SchedulerCore(f"scheduler:test{slot}", (slot,), pool, hub.redis)
+            assert await core.tick() == n  # one message per campaign: the open contact
+            spent.append(counter.statements)
+        finally:
+            await pool.close()
+        for c in made:
+            rows = await hub.pool.fetch(
+                """SELECT k.phone, r.status, r.skip_reason, r.due_at, m.id AS message_id,
+                          m.sender_id, m.status AS message_status
+                   FROM campaign_recipients r JOIN contacts k ON k.id = r.contact_id
+                   LEFT JOIN messages m ON m.id = r.message_id WHERE r.campaign_id = $1""",
+                c["id"])
+            by_phone = {r["phone"]: r for r in rows}
+            sent = by_phone[c["open"]]
+            assert sent["status"] == "queued" and sent["message_status"] == "queued"
+            contact = await hub.pool.fetchval(
+                "SELECT id FROM contacts WHERE sub_account_id = $1 AND phone = $2",
+                c["sa"], c["open"])
+            assert sent["message_id"] == message_id_for(c["id"], contact)
+            assert str(sent["sender_id"]) == choose_sender(str(contact), c["senders"])
+            opted = by_phone[c["opted_out"]]
+            assert (opted["status"], opted["skip_reason"]) == ("skipped", "suppressed")
+            quiet = by_phone[c["quiet"]]  # deferred to when its window opens
+            assert quiet["status"] == "pending" and quiet["due_at"] > datetime.now(UTC)
+            campaign = await hub.pool.fetchrow(
+                "SELECT status, skipped_total FROM campaigns WHERE id = $1", c["id"])
+            assert campaign["status"] == "running" and campaign["skipped_total"] == 1
+    assert spent[0] > 5 and spent[0] == spent[1], spent
+
+
+async def test_completes_only_when_nothing_is_queued_or_sending(hub: Hub) -> None:
+    principal = await _principal(hub)
+    made = await _campaigns(hub, principal, 3, 5003, quiet=False)
+    ids = [c["id"] for c in made]
+    core = SchedulerCore("scheduler:test5003", (5003,), hub.pool, hub.redis,
+                         progress_every_s=0.0)
+
+    async def statuses() -> set[str]:
+        rows = await hub.pool.fetch("SELECT status FROM campaigns WHERE id = ANY($1::uuid[])",
+                                    ids)
+        return {r["status"] for r in rows}
+
+    async def n_events() -> int:
+        return int(await hub.pool.fetchval(
+            "SELECT count(*) FROM events WHERE topic = ANY($1::text[])",
+            [f"campaign:{i}" for i in ids]))
+
+    assert await core.tick() == 3
+    reported = await n_events()
+    assert await core.tick() == 0
+    assert await statuses() == {"running"}  # their messages are queued
+    assert await n_events() == reported  # counts unchanged: no progress event
+    await hub.pool.execute(
+        "UPDATE messages SET status = 'sending' WHERE campaign_id = ANY($1::uuid[])", ids)
+    await core.tick()
+    assert await statuses() == {"running"}  # sending: the outcome is not known yet
+    await hub.pool.execute(
+        "UPDATE messages SET status = 'sent' WHERE campaign_id = ANY($1::uuid[])", ids)
+    await core.tick()
+    assert await statuses() == {"completed"}
+    events = await hub.pool.fetch(
+        """SELECT type, data FROM events WHERE topic = ANY($1::text[]) ORDER BY created_at, seq""",
+        [f"campaign:{i}" for i in ids])
+    updated = [e for e in events if e["type"] == "campaign.updated"
+               and e["data"]["status"] == "completed"]
+    assert len(updated) == 3  # one each, once
+    finals = [e["data"] for e in events if e["type"] == "campaign.progress"
+              and e["data"]["status"] == "completed"]
+    assert sorted(UUID(f["id"]) for f in finals) == sorted(ids)  # one each, once
+    assert all(f["status"] == "completed" and f["counts"] == {"sent": 1, "skipped": 1}
+               for f in finals), finals
+
+
+async def test_messages_carry_their_campaign_content(hub: Hub) -> None:
+    """Each message takes its campaign's channel, media and sender, and its sub-account's
+    slot, whichever campaign of the tick it belongs to."""
+    principal = await _principal(hub)
+    sms = await _campaigns(hub, principal, 1, 5004, quiet=False)
+    sa = await actions.do_create_sub_account(hub, principal, {"name": "mms"})
+    await hub.pool.execute("UPDATE sub_accounts SET slot = 5004 WHERE id = $1", sa["id"])
+    provider = await actions.do_create_provider_account(hub, sa["id"], {
+        "provider": "twilio", "name": "p", "account_id": "AC" + "e" * 32,
+        "secret": "token", "base_url": "http://127.0.0.1:9"})
+    sender = await actions.do_create_sender(hub, sa, {
+        "provider_account_id": provider["id"], "channel": "sms", "kind": "toll_free",
+        "address": f"+1833{next(_numbers)}", "mps": 5})
+    await hub.pool.execute(
+        """INSERT INTO contacts (sub_account_id, phone, first_name, timezone, tags)
+           VALUES ($1, $2, 'Pat', 'Etc/GMT', ARRAY['all'])""", sa["id"], f"+1415{next(_numbers)}")
+    start, end = (time.fromisoformat(t) for t in open_window_now())
+    media = ["https://cdn.example/a.jpg"]
+    mms = await campaign_actions.do_create_campaign(hub, sa, {
+        "name": "m", "channel": "mms", "audience": {"tags_any": ["all"]}, "body": "Look",
+        "media_urls": media, "window_start": start, "window_end": end,
+        "failure_threshold": 0.5})
+    await campaign_actions.do_launch_campaign(hub, sa, mms["id"])
+    core = SchedulerCore("scheduler:test5004", (5004,), hub.pool, hub.redis)
+    assert await core.tick() == 2
+    rows = await hub.pool.fetch(
+        """SELECT m.campaign_id, m.channel, m.media_urls, m.body, m.slot, m.from_address,
+                  m.provider_account_id, c.channel AS conversation_channel
+           FROM messages m JOIN conversations c ON c.id = m.conversation_id
+           WHERE m.campaign_id = ANY($1::uuid[])""", [sms[0]["id"], mms["id"]])
+    got = {r["campaign_id"]: dict(r) for r in rows}
+    assert got[mms["id"]] == {
+        "campaign_id": mms["id"], "channel": "mms", "media_urls": media, "body": "Look",
+        "slot": 5004, "from_address": sender["address"],
+        "provider_account_id": provider["id"], "conversation_channel": "sms"}
+    assert got[sms[0]["id"]]["channel"] == "sms" and got[sms[0]["id"]]["media_urls"] in ([], None)
