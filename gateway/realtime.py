@@ -93,21 +93,51 @@ async def issue_ticket(hub: Hub, principal: Principal, sub_account_id: UUID,
     raise RuntimeError("could not store a realtime ticket")
 
 
-async def redeem_ticket(hub: Hub, ticket: str | None) -> UUID | None:
-    """The sub-account a ticket grants, consuming it; None when missing, unknown, expired,
-    already used, or asked for by a key revoked since."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a connection follows, and on whose authority: the API key that asked for its
+    ticket, or the login session of its cookie (the SHA-256 stored for it). The feed drops
+    the connection once that authority is gone (`FeedHub._drop_revoked`)."""
+
+    sub_account_id: UUID
+    key_id: UUID | None = None
+    login: bytes | None = None
+
+
+async def redeem_ticket(hub: Hub, ticket: str | None) -> Grant | None:
+    """The grant of a ticket, consuming it; None when missing, unknown, expired, already
+    used, or asked for by a key revoked since."""
     if not ticket or len(ticket) > 200:
         return None
     raw = await hub.redis.getdel(_ticket_key(ticket))
     if raw is None:
         return None
-    grant = json.loads(raw)
-    # The key may have been revoked since it asked for the ticket.
-    if not await hub.pool.fetchval(
-            "SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
-            UUID(grant["key_id"])):
-        return None
-    return UUID(grant["sub_account_id"])
+    data = json.loads(raw)
+    grant = Grant(UUID(data["sub_account_id"]), UUID(data["key_id"]))
+    return grant if not await _revoked(hub.pool, [grant]) else None
+
+
+async def _revoked(pool: Any, grants: list[Grant]) -> set[Grant]:
+    """Those of `grants` whose key was revoked, or whose login session ended (logout,
+    expiry) or no longer holds a role in the sub-account. One query, however many."""
+    keys = [g for g in grants if g.key_id is not None]
+    logins = [g for g in grants if g.login is not None]
+    rows = await pool.fetch(
+        """SELECT k.id AS key_id, NULL::bytea AS login, NULL::uuid AS sa
+           FROM unnest($1::uuid[]) AS k(id)
+           WHERE NOT EXISTS (SELECT 1 FROM api_keys a WHERE a.id = k.id
+                             AND a.revoked_at IS NULL)
+           UNION ALL
+           SELECT NULL, l.h, l.sa FROM unnest($2::bytea[], $3::uuid[]) AS l(h, sa)
+           WHERE NOT EXISTS (SELECT 1 FROM user_sessions s JOIN user_grants g
+                                 ON g.user_id = s.user_id AND g.sub_account_id = l.sa
+                             WHERE s.token_hash = l.h AND s.expires_at > now())""",
+        list({g.key_id for g in keys}), [g.login for g in logins],
+        [g.sub_account_id for g in logins])
+    gone_keys = {r["key_id"] for r in rows if r["key_id"] is not None}
+    gone_logins = {(bytes(r["login"]), r["sa"]) for r in rows if r["login"] is not None}
+    return {g for g in grants if g.key_id in gone_keys
+            or (g.login is not None and (g.login, g.sub_account_id) in gone_logins)}
 
 
 @router.post("/v1/realtime/tickets", status_code=201, response_model=TicketOut)
@@ -140,19 +170,20 @@ async def realtime(websocket: WebSocket, ticket: str | None = None,
     try:
         if ticket is None and sub_account is not None:
             # The pages: the login session's cookie, only from the hub's own Origin.
-            sub_account_id = await sessions.websocket_sub_account(websocket, sub_account)
+            login = await sessions.websocket_grant(websocket, sub_account)
+            grant = Grant(login[0], login=login[1]) if login else None
         else:
-            sub_account_id = await redeem_ticket(feed.hub, ticket)
+            grant = await redeem_ticket(feed.hub, ticket)
     except Exception:
         log.warning("realtime ticket check failed", exc_info=True)
         await _close(websocket, CloseCode.INTERNAL, "try again", feed.config)
         return
-    if sub_account_id is None:
+    if grant is None:
         await _close(websocket, CloseCode.UNAUTHORIZED,
                      "ticket missing, invalid, expired or already used (or, with a session, "
                      "a sub-account not granted or a foreign Origin)", feed.config)
         return
-    await Session(websocket, feed, sub_account_id).run()
+    await Session(websocket, feed, grant).run()
 
 
 async def _close(websocket: WebSocket, code: int, reason: str, cfg: FeedConfig) -> None:
@@ -181,9 +212,9 @@ class Session:
     writer of the cursor: subscriptions, live events, log replay), the sender (drains the
     bounded queue to the socket) and the heartbeat."""
 
-    def __init__(self, websocket: WebSocket, feed: FeedHub, sub_account_id: UUID) -> None:
+    def __init__(self, websocket: WebSocket, feed: FeedHub, grant: Grant) -> None:
         self.ws, self.feed, self.cfg = websocket, feed, feed.config
-        self.sub_account_id = sub_account_id
+        self.grant, self.sub_account_id = grant, grant.sub_account_id
         self.out: asyncio.Queue[_Out] = asyncio.Queue(maxsize=self.cfg.out_queue_max)
         self.topics: set[str] = set()
         self.cursor: Cursor | None = None  # None until the first subscribe
@@ -214,6 +245,12 @@ class Session:
             self._check = True  # dropped here, read back from the log by the pump
         else:
             self._live.append(event)
+        self._wake.set()
+
+    def revoke(self) -> None:
+        """The key or login behind this connection is gone: close it (4001)."""
+        self._failed = _Close(CloseCode.UNAUTHORIZED, "the API key was revoked or the login "
+                              "ended; sign in again for a new ticket")
         self._wake.set()
 
     def request_check(self) -> None:
@@ -619,6 +656,20 @@ class FeedHub:
                 for s in list(group):
                     if head is not None and s.position is not None and s.position < head:
                         s.request_check()
+            await self._drop_revoked()
+
+    async def _drop_revoked(self) -> None:
+        """Close the connections whose key was revoked or whose login ended since they
+        opened (checked with the catch-up, every `catchup_s`)."""
+        sessions = [s for group in self._sessions.values() for s in group]
+        try:
+            gone = await _revoked(self.hub.pool, [s.grant for s in sessions])
+        except Exception:
+            log.warning("realtime: revocation check failed", exc_info=True)
+            return
+        for s in sessions:
+            if s.grant in gone:
+                s.revoke()
 
     async def _prune_forever(self) -> None:
         while True:

@@ -87,17 +87,20 @@ def origin_allowed(settings: Settings, origin: str | None) -> bool:
     return origin is not None and origin.rstrip("/") == settings.base_url
 
 
-async def websocket_sub_account(websocket: WebSocket, sub_account: str | None) -> UUID | None:
-    """The sub-account a cookie-authenticated WebSocket may follow: only from our own
-    origin (a cross-site page cannot ride the cookie), only a granted sub-account."""
+async def websocket_grant(websocket: WebSocket, sub_account: str | None
+                          ) -> tuple[UUID, bytes] | None:
+    """The sub-account a cookie-authenticated WebSocket may follow, with the stored hash of
+    its login session: only from our own origin (a cross-site page cannot ride the cookie),
+    only a granted sub-account."""
     hub: Hub = websocket.app.state.hub
     if not origin_allowed(hub.settings, websocket.headers.get("origin")):
         return None
-    session = await users.load_session(hub, websocket.cookies.get(COOKIE))
-    if session is None or not sub_account:
+    token = websocket.cookies.get(COOKIE)
+    session = await users.load_session(hub, token)
+    if session is None or not sub_account or token is None:
         return None
     try:
         sa = UUID(sub_account)
     except ValueError:
         return None
-    return sa if session.role_in(sa) is not None else None
+    return (sa, users.hash_token(token)) if session.role_in(sa) is not None else None

@@ -241,6 +241,35 @@ async def test_ticket_of_a_key_revoked_since_is_refused(hub: Hub, api: httpx.Asy
     assert await refused_code(ws_url(api, revoked)) == 4001
 
 
+async def test_an_open_connection_closes_when_its_key_is_revoked(
+    hub: Hub, api: httpx.AsyncClient, tuned_api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """Revoking a key closes the connections it opened (4001), on every replica, within
+    the feed's catch-up interval; a connection of another key stays."""
+    made = await api.post(f"/v1/sub-accounts/{tenant.sa1}/api-keys",
+                          headers=auth(tenant.sa1_key), json={"name": "wallboard"})
+    assert made.status_code == 201, made.text
+    key = made.json()
+    doomed = await Feed.open(tuned_api, key["key"])
+    kept = await Feed.open(tuned_api, tenant.sa1_key)
+    for feed in (doomed, kept):
+        assert (await feed.subscribe(["inbox"]))["type"] == "subscribed"
+    r = await api.delete(f"/v1/sub-accounts/{tenant.sa1}/api-keys/{key['id']}",
+                         headers=auth(tenant.sa1_key))
+    assert r.status_code in (200, 204), r.text
+    async def until_closed() -> None:
+        while True:  # answering pings
+            await doomed.recv()
+
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(until_closed(), 10)
+    assert doomed.ws.close_code == 4001
+    await emit(hub, tenant.sa1, 1, topic="inbox")
+    [event] = await kept.events(1)
+    assert event["event"] == "note.added"
+    await kept.close()
+
+
 def test_feed_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("FEED_HEARTBEAT_S", "7.5"), ("FEED_BUFFER", "64"),
                         ("FEED_TICKET_TTL_S", "12"), ("EVENT_RETENTION_DAYS", "90")):

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from config.settings import Settings
 from hub import users
@@ -426,6 +427,29 @@ async def test_websocket_takes_the_cookie_only_from_our_origin(
     assert await _ws(gateway_url, tenant.sa1, cookie, None) == {"closed": 4001}
     assert await _ws(gateway_url, tenant.sa2, cookie, origin) == {"closed": 4001}  # not granted
     assert await _ws(gateway_url, tenant.sa1, "forged", origin) == {"closed": 4001}
+
+
+async def test_logging_out_closes_the_pages_open_feed(
+    settings: Settings, people: People, tenant: Tenant, gateway_url: str
+) -> None:
+    """A socket opened with the cookie is closed (4001) once its login ends, within the
+    feed's catch-up interval (5 s here), not left streaming the sub-account's events."""
+    a = people.agent
+    cookie = a.http.cookies.get("sb_session")
+    url = gateway_url.replace("http://", "ws://") + f"/v1/realtime?sub_account={tenant.sa1}"
+    async with connect(url, compression=None, additional_headers={
+            "Cookie": f"sb_session={cookie}", "Origin": settings.base_url}) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+        r = await a.http.post("/app/logout", data={"csrf_token": a.csrf})
+        assert r.status_code == 303, r.text
+
+        async def until_closed() -> None:
+            while True:  # heartbeats come every 25 s: none is due before the close
+                await ws.recv()
+
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(until_closed(), 15)
+        assert ws.close_code == 4001
 
 
 # --- the command -----------------------------------------------------------------------
