@@ -6,15 +6,15 @@ without its port."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from twilio.request_validator import RequestValidator
 
 from hub import twilio_signature
+from tests.conftest import REFERENCE
 
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "payloads"
+PAYLOADS = REFERENCE / "payloads"
 VECTORS = json.loads((PAYLOADS / "twilio_signature_vectors.json").read_text())
 COURIER = json.loads((PAYLOADS / "twilio_webhook_payloads_courier.json").read_text())
 VOICE = json.loads((PAYLOADS / "twilio_voice_status_callback_samples.json").read_text())
