@@ -15,6 +15,7 @@ from hub.crypto import new_api_key
 from hub.emails import email_key, normalize_email
 from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
 from hub.phones import normalize_phone, normalize_short_code
+from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
 from hub.store import suppressions as suppression_store
 from hub.store import tenants
@@ -280,9 +281,13 @@ async def do_upsert_contact(hub: Hub, sub_account: Row, data: Row) -> tuple[Row,
 
 
 async def do_delete_contact(hub: Hub, sub_account_id: UUID, id_: UUID) -> None:
+    """Delete a contact. Its recipients still pending in any campaign are skipped
+    (`contact_deleted`): a campaign completes only when none is left pending. Messages
+    already queued for it still go (they hold the address)."""
     async with hub.transaction() as tx:
         if not await contact_store.delete(tx.conn, sub_account_id, id_):
             raise NotFound("no such contact", code="contact_not_found")
+        await campaign_store.skip_contact(tx.conn, id_, "contact_deleted")
         tx.emit(sub_account_id, "contact.deleted", {"id": str(id_)})
 
 

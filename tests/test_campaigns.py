@@ -173,6 +173,43 @@ async def test_pause_resume_cancel_and_invalid_transitions(
     assert_problem(await api.post(f"{base}/resume", headers=h), 409, "invalid_transition")
 
 
+async def test_a_contact_deleted_mid_campaign_is_skipped_and_the_campaign_completes(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,
+    carrier_log: httpx.AsyncClient
+) -> None:
+    """Two contacts are texted; a third, at UTC+12, waits hours for its window and is
+    deleted meanwhile: it is skipped, and the campaign completes instead of waiting for a
+    recipient that no longer exists."""
+    await setup_sms(api, tenant, carrier.url)
+    phones = ["+14155556001", "+14155556002", "+14155556003"]
+    await hub.pool.execute(
+        """INSERT INTO contacts (sub_account_id, phone, first_name, timezone, tags)
+           SELECT $1, p, 'Pat', z, ARRAY['all'] FROM unnest($2::text[], $3::text[]) AS u(p, z)""",
+        tenant.sa1, phones, ["UTC", "UTC", "Etc/GMT-12"])
+    c = await make_campaign(api, tenant)
+    base = f"/v1/sub-accounts/{tenant.sa1}/campaigns/{c['id']}"
+    h = auth(tenant.sa1_key)
+    assert (await api.post(f"{base}/launch", headers=h)).json()["status"] == "running"
+
+    async def two_sent() -> bool:
+        return (await stats(api, tenant, c["id"]))["counts"].get("sent", 0) == 2
+
+    await wait_for(two_sent)
+    assert (await api.get(base, headers=h)).json()["status"] == "running"  # one waits
+    late = await hub.pool.fetchval("SELECT id FROM contacts WHERE phone = $1", phones[2])
+    r = await api.delete(f"/v1/sub-accounts/{tenant.sa1}/contacts/{late}", headers=h)
+    assert r.status_code == 204, r.text
+
+    async def completed() -> bool:
+        return (await api.get(base, headers=h)).json()["status"] == "completed"
+
+    await wait_for(completed, timeout=30)
+    skipped = (await api.get(f"{base}/recipients", headers=h,
+                             params={"status": "skipped"})).json()["data"]
+    assert [s["skip_reason"] for s in skipped] == ["contact_deleted"]
+    assert sorted(q["to"] for q in await carrier_requests(carrier_log)) == phones[:2]
+
+
 @pytest.mark.slow
 async def test_sender_and_scheduler_killed_mid_campaign_still_exactly_once(
     hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,

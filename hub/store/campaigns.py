@@ -239,6 +239,20 @@ async def skip(conn: asyncpg.Connection, owner: str, rows: list[tuple[UUID, UUID
             owner, *map(list, zip(*rows, strict=True)))
 
 
+async def skip_contact(conn: asyncpg.Connection, contact_id: UUID, reason: str) -> None:
+    """A contact gone (deleted): its recipients still pending, in every campaign, will never
+    be sent."""
+    await conn.execute(
+        """WITH skipped AS (
+               UPDATE campaign_recipients r SET status = 'skipped', skip_reason = $2,
+                      lease_owner = NULL, lease_expires_at = NULL
+               WHERE r.contact_id = $1 AND r.status = 'pending'
+               RETURNING r.campaign_id)
+           UPDATE campaigns c SET skipped_total = skipped_total + k.n
+           FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) k
+           WHERE c.id = k.campaign_id""", contact_id, reason)
+
+
 async def create_messages(conn: asyncpg.Connection, owner: str,
                           messages: list[Row]) -> dict[UUID, int]:
     """Create the recipients' messages (queued, bulk), of any number of campaigns, with their
