@@ -221,11 +221,17 @@ async def defer(conn: asyncpg.Connection, owner: str,
             owner, *map(list, zip(*rows, strict=True)))
 
 
+#: After a `skipped` CTE of recipients (their campaign_id): each campaign's skipped count.
+_COUNT_SKIPPED = """UPDATE campaigns c SET skipped_total = skipped_total + k.n
+    FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) k
+    WHERE c.id = k.campaign_id"""
+
+
 async def skip(conn: asyncpg.Connection, owner: str, rows: list[tuple[UUID, UUID, str]]) -> None:
     """Recipients, (campaign, contact, reason), that will never be sent."""
     if rows:
         await conn.execute(
-            """WITH skipped AS (
+            f"""WITH skipped AS (
                    UPDATE campaign_recipients r SET status = 'skipped', skip_reason = u.reason,
                           lease_owner = NULL
                    FROM unnest($2::uuid[], $3::uuid[], $4::text[])
@@ -233,9 +239,7 @@ async def skip(conn: asyncpg.Connection, owner: str, rows: list[tuple[UUID, UUID
                    WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
                      AND r.lease_owner = $1
                    RETURNING r.campaign_id)
-               UPDATE campaigns c SET skipped_total = skipped_total + k.n
-               FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) k
-               WHERE c.id = k.campaign_id""",
+               {_COUNT_SKIPPED}""",
             owner, *map(list, zip(*rows, strict=True)))
 
 
@@ -243,14 +247,12 @@ async def skip_contact(conn: asyncpg.Connection, contact_id: UUID, reason: str) 
     """A contact gone (deleted): its recipients still pending, in every campaign, will never
     be sent."""
     await conn.execute(
-        """WITH skipped AS (
+        f"""WITH skipped AS (
                UPDATE campaign_recipients r SET status = 'skipped', skip_reason = $2,
                       lease_owner = NULL, lease_expires_at = NULL
                WHERE r.contact_id = $1 AND r.status = 'pending'
                RETURNING r.campaign_id)
-           UPDATE campaigns c SET skipped_total = skipped_total + k.n
-           FROM (SELECT campaign_id, count(*) AS n FROM skipped GROUP BY campaign_id) k
-           WHERE c.id = k.campaign_id""", contact_id, reason)
+           {_COUNT_SKIPPED}""", contact_id, reason)
 
 
 async def create_messages(conn: asyncpg.Connection, owner: str,
