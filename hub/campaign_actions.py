@@ -15,6 +15,7 @@ from hub import projection
 from hub.campaigns import allowed_actions, audience_sql, check_content, parse_audience, transition
 from hub.context import Hub
 from hub.errors import NotFound, ValidationFailed
+from hub.store import audience as audience_store
 from hub.store import campaigns as store
 from hub.timezones import SendWindow, contact_timezone
 
@@ -150,17 +151,11 @@ async def _rate(hub: Hub, c: Row) -> float:
     return min(rate, float(c["rate_cap"])) if c["rate_cap"] else rate
 
 
-async def _zones(hub: Hub, sa: Row, sql: str, args: list[Any],
-                 audience: Any = None) -> dict[str, int]:
-    """Recipient counts per time zone. Contacts are grouped by explicit zone and number
-    prefix in SQL, so 100k recipients become a few hundred groups to resolve; with an
+def _zones(groups: list[Any], sa: Row, audience: Any = None) -> dict[str, int]:
+    """Recipient counts per time zone from contact groups (`audience_store.groups`); with an
     audience that needs refinement, groups it does not admit are left out."""
-    rows = await hub.pool.fetch(
-        f"""SELECT c.timezone, left(c.phone, 7) AS prefix, min(c.phone) AS sample,
-                   count(*) AS n
-            FROM contacts c WHERE {sql} GROUP BY 1, 2""", *args)
     zones: Counter[str] = Counter()
-    for r in rows:
+    for r in groups:
         tz = contact_timezone(r["timezone"], r["sample"], sa["timezone"])
         if audience is not None and audience.needs_refinement and \
                 not audience.admits(tz, r["sample"]):
@@ -180,9 +175,9 @@ async def campaign_stats(hub: Hub, sa: Row, id_: UUID) -> Row:
         """SELECT count(*) FROM messages WHERE campaign_id = $1
            AND sent_at > now() - interval '10 seconds'""", id_)
     rate = await _rate(hub, c)
-    remaining = await _zones(
-        hub, sa, "c.id IN (SELECT contact_id FROM campaign_recipients WHERE campaign_id = $1 "
-        "AND status = 'pending')", [id_])
+    remaining = _zones(await audience_store.groups(
+        hub.pool, "c.id IN (SELECT contact_id FROM campaign_recipients WHERE campaign_id = $1 "
+        "AND status = 'pending')", [id_]), sa)
     queued = counts.get("queued", 0) + counts.get("sending", 0)
     if queued:
         remaining[sa["timezone"]] = remaining.get(sa["timezone"], 0) + queued
@@ -204,12 +199,8 @@ async def campaign_dry_run(hub: Hub, sa: Row, id_: UUID) -> Row:
     c = await get_campaign(hub, sa["id"], id_)
     audience = parse_audience(c["audience"])
     where, args = audience_sql(audience, 1)
-    address = "c.email_key" if c["channel"] == "email" else "c.phone"
-    sup = {"email": "email", "voice": "voice"}.get(c["channel"], "sms")
-    eligible = (f"c.sub_account_id = $1 AND {address} IS NOT NULL AND NOT EXISTS ("
-                f"SELECT 1 FROM suppressions s WHERE s.sub_account_id = c.sub_account_id AND "
-                f"s.channel = '{sup}' AND s.address = {address} AND s.removed_at IS NULL)")
-    zones = await _zones(hub, sa, f"{eligible} AND ({where})", [sa["id"], *args], audience)
+    zones = _zones(await audience_store.count_groups(hub.pool, sa["id"], c["channel"], where,
+                                                     args), sa, audience)
     rate = await _rate(hub, c)
     now = datetime.now(UTC)
     p = projection.project(zones, now=now, start_at=c["start_at"], window=_window(c),

@@ -30,14 +30,23 @@ async def count(conn: Conn, sub_account_id: UUID, channel: str, where: str,
     return int(n or 0)
 
 
+#: Contacts grouped by explicit zone and number prefix, with a sample number per group:
+#: enough to apply the time-zone and region checks SQL cannot make, on a few hundred groups
+#: instead of every contact.
+_GROUPS = """SELECT c.timezone, left(c.phone, 7) AS prefix, min(c.phone) AS sample,
+    count(*) AS n"""
+
+
+async def groups(conn: Conn, where: str, args: list[Any]) -> list[asyncpg.Record]:
+    """The contacts `where` selects (SQL over `contacts c`), grouped (see `_GROUPS`)."""
+    return await conn.fetch(f"{_GROUPS} FROM contacts c WHERE {where} GROUP BY 1, 2", *args)
+
+
 async def count_groups(conn: Conn, sub_account_id: UUID, channel: str, where: str,
                        args: list[Any]) -> list[asyncpg.Record]:
-    """The same contacts grouped by explicit zone and number prefix, with a sample number
-    per group: enough to apply the time-zone and region checks SQL cannot make."""
-    return await conn.fetch(
-        f"""SELECT c.timezone, left(c.phone, 7) AS prefix, min(c.phone) AS sample,
-                   count(*) AS n {_reachable(channel, where)} GROUP BY 1, 2""",
-        sub_account_id, *args)
+    """The contacts `count` counts, grouped (see `_GROUPS`)."""
+    return await conn.fetch(f"{_GROUPS} {_reachable(channel, where)} GROUP BY 1, 2",
+                            sub_account_id, *args)
 
 
 async def tags(conn: Conn, sub_account_id: UUID, limit: int = 200) -> list[str]:
