@@ -1,6 +1,11 @@
 """`Idempotency-Key` for POSTs: the key, the request fingerprint and the response are stored
 in the same transaction as the effect, so a replay after any crash sees either nothing (and
-runs again) or the committed response. Same key with another body: 422."""
+runs again) or the committed response. Same key with another body: 422.
+
+The record is one INSERT after the work. A request whose key is already taken ran its work
+for nothing: it rolls it back and answers from the record. A second request racing the
+first blocks on the key's unique index until the first commits (then replays) or rolls back
+(then its own effect is the one)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from hub.context import Hub
-from hub.errors import FieldError, ValidationFailed
+from hub.errors import FieldError, HubError, ValidationFailed
 from hub.store import idempotency as store
 from hub.tenancy import Principal
 
@@ -38,13 +43,21 @@ async def run(hub: Hub, principal: Principal, key: str | None, method: str, path
         raise ValidationFailed.field("Idempotency-Key", "must not be blank", "invalid")
     scope = str(principal.key_id)
     digest = fingerprint(method, path, body)
-    async with hub.transaction() as tx:
-        if await store.claim(tx.conn, scope, key, digest):
+    try:
+        async with hub.transaction() as tx:
             status, model = await work()  # joins this transaction
             content: Any = model.model_dump(mode="json")
-            await store.save(tx.conn, scope, key, status, content)
-            return JSONResponse(content, status_code=status)
-        first = await store.stored(tx.conn, scope, key)
+            if await store.save(tx.conn, scope, key, digest, status, content):
+                return JSONResponse(content, status_code=status)
+            raise _Taken(await store.stored(tx.conn, scope, key))  # undoes this work
+    except _Taken as taken:
+        first = taken.first
+    except HubError:
+        # The work may have failed on the first request's effect (the same unique contact,
+        # say), which commits with its key: then that request's answer is this one's too.
+        first = await store.stored(hub.pool, scope, key)
+        if first is None:
+            raise
     assert first is not None
     if bytes(first["request_hash"]) != digest:
         raise ValidationFailed(
@@ -56,3 +69,10 @@ async def run(hub: Hub, principal: Principal, key: str | None, method: str, path
         ) from None
     return JSONResponse(first["response"], status_code=first["status_code"],
                         headers={"Idempotent-Replayed": "true"})
+
+
+class _Taken(Exception):
+    """Another request committed this key first: roll this one's work back, answer as it."""
+
+    def __init__(self, first: dict[str, Any] | None) -> None:
+        self.first = first

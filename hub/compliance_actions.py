@@ -120,9 +120,10 @@ async def queue_reply(hub: Hub, sa: Row, phone: str, sender_id: UUID, body: str)
     contact: CTIA requires both). None when it cannot be sent: the keyword's own effect
     must not be undone by a failed reply."""
     try:
-        return await do_send_message(
-            hub, sa, {"channel": "sms", "to": phone, "body": body, "sender_id": sender_id},
-            priority="transactional", compliance=True)
+        async with hub.transaction(savepoint=True):  # a failed reply leaves the caller's work
+            return await do_send_message(
+                hub, sa, {"channel": "sms", "to": phone, "body": body, "sender_id": sender_id},
+                priority="transactional", compliance=True)
     except HubError as exc:
         log.warning("compliance reply not sent", extra={
             "sub_account_id": str(sa["id"]), "code": exc.code})

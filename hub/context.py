@@ -24,6 +24,8 @@ class Tx:
 
     conn: asyncpg.Connection
     pending: list[events.PendingEvent] = field(default_factory=list)
+    #: a joined inner transaction failed: this one must not commit (see `Hub.transaction`)
+    broken: bool = False
 
     def emit(self, sub_account_id: UUID, type_: str, data: dict[str, Any],
              topic: str | None = None) -> None:
@@ -54,17 +56,32 @@ class Hub:
         await self.redis.aclose()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self, *, savepoint: bool = False) -> AsyncIterator[Tx]:
         """Run a write; its events join the durable log in the same transaction and are
         published to Redis only after the commit.
 
-        Nested calls in the same task join the outer transaction (as a savepoint), so a
-        caller can wrap several writers, or an idempotency record and its effect, in one
-        commit."""
+        Nested calls in the same task join the outer transaction, so a caller can wrap
+        several writers, or an idempotency record and its effect, in one commit. A join
+        costs no round trip: a failure inside it is the whole transaction's failure. A
+        caller that catches an inner failure and goes on asks for `savepoint=True`, which
+        undoes the inner work and its events alone; without one, the outer transaction
+        refuses to commit rather than keep half of the inner work."""
         outer = _current_tx.get()
         if outer is not None:
-            async with outer.conn.transaction():
-                yield outer
+            mark, broken = len(outer.pending), outer.broken
+            try:
+                if savepoint:
+                    async with outer.conn.transaction():
+                        yield outer
+                else:
+                    yield outer
+            except BaseException:
+                if savepoint:  # undone: its events, and any joined failure inside it
+                    del outer.pending[mark:]
+                    outer.broken = broken
+                else:
+                    outer.broken = True
+                raise
             return
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -72,6 +89,9 @@ class Hub:
                 token = _current_tx.set(tx)
                 try:
                     yield tx
+                    if tx.broken:
+                        raise RuntimeError("a joined hub.transaction() failed and its failure "
+                                           "was caught; catch it around savepoint=True")
                     written = await events.append(conn, tx.pending) if tx.pending else []
                 finally:
                     _current_tx.reset(token)

@@ -74,50 +74,57 @@ def compact(value: Any) -> str:
 
 
 async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[Event]:
-    """Write `pending` to the log inside the caller's transaction; returns them with seqs.
+    """Write `pending` to the log inside the caller's transaction; returns them with seqs,
+    each sub-account's in order.
 
-    Two statements whatever the number of sub-accounts: one bumps every counter (locking
-    the sub-account rows in id order, so multi-tenant writers never deadlock), one inserts
-    every event.
+    One statement whatever the number of sub-accounts: it bumps every counter (locking the
+    sub-account rows in id order, so multi-tenant writers never deadlock) and inserts every
+    event with the seqs the bump made room for, in `pending` order per sub-account.
 
     The lock is FOR NO KEY UPDATE, not FOR UPDATE: the foreign-key checks of rows inserted
     meanwhile (the webhook inbox, contacts, messages …) take KEY SHARE on these same rows,
     which FOR UPDATE blocks. With FOR UPDATE, an inbox INSERT spanning several sub-accounts
     and an apply deadlocked, and PostgreSQL found it only after `deadlock_timeout` (1 s):
     the ~1 s ingest stalls of BENCHMARKS.md's webhook sections."""
-    by_sa: dict[UUID, list[PendingEvent]] = {}
-    for p in pending:
-        by_sa.setdefault(p.sub_account_id, []).append(p)
-    sas = sorted(by_sa)
-    heads = await conn.fetch(
-        """WITH locked AS (SELECT id FROM sub_accounts WHERE id = ANY($1::uuid[])
-                           ORDER BY id FOR NO KEY UPDATE)
-           UPDATE sub_accounts s SET event_seq = s.event_seq + u.n
-           FROM locked JOIN unnest($1::uuid[], $2::int[]) AS u(id, n) ON u.id = locked.id
-           WHERE s.id = locked.id
-           RETURNING s.id, s.event_seq""",
-        sas, [len(by_sa[sa]) for sa in sas])
-    items: list[PendingEvent] = []
-    seqs: list[int] = []
-    for row in heads:  # a sub-account deleted in this transaction has no row: skipped
-        group = by_sa[row["id"]]
-        items.extend(group)
-        seqs.extend(range(row["event_seq"] - len(group) + 1, row["event_seq"] + 1))
-    if not items:
-        return []
     # Serialized once: the text goes to the log and, spliced into the frame, to the feed.
-    texts = [compact(i.data) for i in items]
+    by_sa: dict[UUID, list[tuple[PendingEvent, str]]] = {}
+    for p in pending:
+        by_sa.setdefault(p.sub_account_id, []).append((p, compact(p.data)))
+    sas = list(by_sa)  # the statement locks them in id order
+    items = [x for sa in sas for x in by_sa[sa]]  # grouped by sub-account, each in order
     rows = await conn.fetch(
-        """INSERT INTO events (sub_account_id, seq, type, topic, data)
-           SELECT u.sa, u.seq, u.type, u.topic, u.data::jsonb
-           FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[])
-               AS u(sa, seq, type, topic, data)
-           RETURNING id, created_at""",
-        [i.sub_account_id for i in items], seqs, [i.type for i in items],
-        [i.topic for i in items], texts)
-    return [Event(row["id"], item.sub_account_id, seq, item.type, item.topic, item.data,
-                  row["created_at"], t)
-            for row, item, seq, t in zip(rows, items, seqs, texts, strict=True)]
+        _APPEND, sas, [len(by_sa[sa]) for sa in sas], [p.sub_account_id for p, _ in items],
+        [k for sa in sas for k in range(1, len(by_sa[sa]) + 1)], [p.type for p, _ in items],
+        [p.topic for p, _ in items], [t for _, t in items])
+    # In seq order, each sub-account's rows line up with its events (a sub-account deleted
+    # in this transaction had no row to bump: none).
+    queues = {sa: iter(group) for sa, group in by_sa.items()}
+    written: list[Event] = []
+    for row in rows:
+        p, t = next(queues[row["sub_account_id"]])
+        written.append(Event(row["id"], p.sub_account_id, row["seq"], p.type, p.topic, p.data,
+                             row["created_at"], t))
+    return written
+
+
+#: Each sub-account's counter goes up by its number of events; its k-th event gets the
+#: k-th seq above the old head.
+_APPEND = """
+    WITH locked AS (SELECT id FROM sub_accounts WHERE id = ANY($1::uuid[])
+                    ORDER BY id FOR NO KEY UPDATE),
+    bumped AS (
+        UPDATE sub_accounts s SET event_seq = s.event_seq + u.n
+        FROM locked JOIN unnest($1::uuid[], $2::int[]) AS u(id, n) ON u.id = locked.id
+        WHERE s.id = locked.id
+        RETURNING s.id, s.event_seq - u.n AS head),
+    written AS (
+        INSERT INTO events (sub_account_id, seq, type, topic, data)
+        SELECT e.sa, b.head + e.k, e.type, e.topic, e.data::jsonb
+        FROM unnest($3::uuid[], $4::int[], $5::text[], $6::text[], $7::text[])
+            AS e(sa, k, type, topic, data)
+        JOIN bumped b ON b.id = e.sa
+        RETURNING id, sub_account_id, seq, created_at)
+    SELECT * FROM written ORDER BY seq"""
 
 
 async def publish(redis: aioredis.Redis, events: list[Event]) -> None:

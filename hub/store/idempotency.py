@@ -7,31 +7,26 @@ from typing import Any
 import asyncpg
 
 
-async def claim(conn: asyncpg.Connection, scope: str, key: str, request_hash: bytes) -> bool:
-    """Claim the key inside the caller's transaction. A concurrent request with the same key
-    blocks on the unique index until this transaction ends, then sees the stored response."""
+async def save(conn: asyncpg.Connection, scope: str, key: str, request_hash: bytes,
+               status_code: int, response: Any) -> bool:
+    """Record the key with its response inside the caller's transaction, after the work.
+    False when the key is taken: a concurrent request with the same key blocks on the
+    unique index until its transaction ends, so this sees the committed record."""
     return bool(await conn.fetchval(
-        """INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
-           ON CONFLICT DO NOTHING RETURNING true""",
-        scope, key, request_hash,
+        """INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
+        scope, key, request_hash, status_code, response,
     ))
 
 
-async def stored(conn: asyncpg.Connection, scope: str, key: str) -> dict[str, Any] | None:
+async def stored(conn: asyncpg.Connection | asyncpg.Pool, scope: str,
+                 key: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         """SELECT request_hash, status_code, response FROM idempotency_keys
            WHERE scope = $1 AND key = $2""",
         scope, key,
     )
     return dict(row) if row else None
-
-
-async def save(conn: asyncpg.Connection, scope: str, key: str, status_code: int,
-               response: Any) -> None:
-    await conn.execute(
-        "UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2",
-        scope, key, status_code, response,
-    )
 
 
 async def expire(conn: asyncpg.Connection | asyncpg.Pool, ttl_hours: int) -> int:
