@@ -5,8 +5,8 @@ One applier at a time applies, whatever the number of gateway replicas: the one 
 PostgreSQL advisory lock (`lead`). The others wait on the lock and take over when the
 leader's session ends (a crash or a stop closes its connection, which frees the lock; a
 transaction it had open rolls back, and its rows stay due). The leader LISTENs on the
-channel the inbox insert NOTIFYs as it commits (hub/store/webhooks.py), and looks for due
-rows every second anyway.
+channel the inbox NOTIFYs once an insert has committed (hub/store/webhooks.py,
+`wake_applier`), and looks for due rows every second anyway.
 
 So one process serves HTTP and the WebSockets while another applies (BENCHMARKS.md, webhook
 sections), and the appliers of several replicas no longer queue on the same sub-accounts'

@@ -11,7 +11,7 @@ cross-tenant callback writes nothing.
 Applying (`Applier`) takes the rows that are due: a row is due as soon as it is stored,
 and again when an orphan's retry time comes or after a failed apply's back-off. The applier
 runs apart from the requests (hub/applier.py: one leader for all the gateway replicas,
-woken by the NOTIFY that the inbox insert sends as it commits, and looking every second
+woken by a NOTIFY sent once the inbox insert has committed, and looking every second
 anyway). It claims rows with FOR UPDATE SKIP LOCKED, so no row is ever applied twice, and
 applies status callbacks set-based, up to `APPLY_BATCH` at a time, in one transaction that
 also marks the rows. A row a crash left pending is simply still due.
@@ -42,7 +42,7 @@ from channels.base import StatusUpdate
 from channels.twilio_sms import InvalidCallback, parse_inbound, parse_status_callback
 from channels.twilio_voice import parse_call_status
 from hub import twilio_signature
-from hub.context import Hub
+from hub.context import Hub, Tx
 from hub.crypto import SecretBox
 from hub.errors import Forbidden, ValidationFailed
 from hub.store import webhooks as store
@@ -61,6 +61,7 @@ Row = dict[str, Any]
 HandOff = Callable[[list[Row]], Awaitable[None]]
 
 TWILIO_KINDS = ("sms_status", "sms_inbound", "voice_status")
+KINDS = (*TWILIO_KINDS, "sendgrid_events")
 STATUS_KINDS = frozenset({"sms_status", "voice_status"})
 ORPHAN_RETRY_FOR = timedelta(hours=24)
 MAX_RETRY_DELAY_S = 300.0
@@ -147,8 +148,8 @@ class Accounts:
 class InboxWriter:
     """Group commit for the inbox: the events of concurrent requests are written by one
     INSERT (at most `max_in_flight` at a time, each of at most `max_rows` events); a
-    request's `write` returns once the statement holding its events has committed. The
-    statement also wakes the applier (`store.INBOX_CHANNEL`)."""
+    request's `write` returns once the statement holding its events has committed. Then it
+    wakes the applier (`store.wake_applier`)."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_rows: int = 500,
                  max_in_flight: int = 2) -> None:
@@ -206,6 +207,11 @@ class InboxWriter:
             if not fut.done():
                 fut.set_result(results[i:i + len(group)])
             i += len(group)
+        if any(id_ is not None for _, id_ in results):
+            try:
+                await store.wake_applier(self.pool)
+            except Exception:  # the applier also looks every second
+                log.warning("could not wake the webhook applier", exc_info=True)
 
 
 # --- receiving ---------------------------------------------------------------------------
@@ -371,19 +377,35 @@ async def _failed(hub: Hub, event_id: int, exc: Exception) -> None:
                        MAX_RETRY_DELAY_S, MAX_FAILURES)
 
 
-async def apply_statuses(hub: Hub, ids: Sequence[int]) -> None:
-    """Apply these status-callback rows in one transaction; if that fails, each on its
-    own, so that one bad row is retried alone and holds up no other."""
+async def apply_statuses(hub: Hub, ids: Sequence[int] | None = None) -> list[Row]:
+    """Apply status-callback rows in one transaction: these `ids`, or (None) the rows that
+    are due, up to APPLY_BATCH. If that fails, each status row on its own, so that one bad
+    row is retried alone and holds up no other. Returns the rows claimed (as they were),
+    those of other kinds untouched, for `apply_event` once this has committed."""
+    rows: list[Row] = []
     try:
-        await _apply_statuses(hub, ids)
+        async with hub.transaction() as tx:
+            rows = await store.claim(tx.conn, ids, APPLY_BATCH, STATUS_KINDS)
+            done = await _apply_statuses(hub, tx, [r for r in rows
+                                                   if r["kind"] in STATUS_KINDS])
     except Exception as exc:
-        if len(ids) == 1:
-            await _failed(hub, ids[0], exc)
-            return
-        log.warning("webhook status batch failed; applying its rows one by one",
-                    extra={"events": len(ids), "error": f"{type(exc).__name__}: {exc}"[:300]})
-        for event_id in ids:
-            await apply_statuses(hub, [event_id])
+        failed = list(ids) if ids is not None else [r["id"] for r in rows
+                                                    if r["kind"] in STATUS_KINDS]
+        if len(failed) == 1:
+            await _failed(hub, failed[0], exc)
+        elif not failed:  # the claim itself failed
+            raise
+        else:
+            log.warning("webhook status batch failed; applying its rows one by one",
+                        extra={"events": len(failed),
+                               "error": f"{type(exc).__name__}: {exc}"[:300]})
+            for event_id in failed:
+                await apply_statuses(hub, [event_id])
+        return rows
+    by_row = {r["id"]: r for r in rows}
+    for d in done:
+        _log_outcome(by_row[d.id], d)
+    return rows
 
 
 def _parse_status(row: Row) -> StatusUpdate:
@@ -393,38 +415,41 @@ def _parse_status(row: Row) -> StatusUpdate:
             else parse_status_callback(payload["form"], query))
 
 
-async def _apply_statuses(hub: Hub, ids: Sequence[int]) -> None:
+async def _apply_statuses(hub: Hub, tx: Tx, rows: Sequence[Row]) -> list[Finished]:
+    """Apply claimed status-callback rows inside `tx` and record the outcomes the claim
+    did not presume (anything but applied, or a sub-account learnt only now)."""
+    if not rows:
+        return []
     done: list[Finished] = []
-    async with hub.transaction() as tx:
-        rows = await store.claim_many(tx.conn, ids)
-        parsed: list[tuple[Row, StatusUpdate]] = []
-        for row in rows:
-            try:
-                parsed.append((row, _parse_status(row)))
-            except InvalidCallback as exc:
-                done.append(Finished(row["id"], "ignored", str(exc)))
-        named = [as_uuid(u.message_id) for _, u in parsed]
-        messages = await store.callback_messages(
-            tx.conn, [m for m in named if m is not None], "twilio",
-            [u.provider_message_id for (_, u), m in zip(parsed, named, strict=True)
-             if m is None and u.provider_message_id])
-        by_id = {m["id"]: m for m in messages}
-        by_sid: dict[str, Row] = {}
-        for m in messages:
-            by_sid.setdefault(m["provider_message_id"], m)
-        receipts: list[Receipt] = []
-        for (row, update), mid in zip(parsed, named, strict=True):
-            message = by_id.get(mid) if mid else by_sid.get(update.provider_message_id)
-            outcome = _judge(hub, row, message)
-            done.append(outcome)
-            if outcome.status == "applied":
-                assert message is not None
-                receipts.append(Receipt(message, update))
-        await apply_receipts(tx, receipts)
-        await store.finish_many(tx.conn, done)
+    parsed: list[tuple[Row, StatusUpdate]] = []
+    for row in rows:
+        try:
+            parsed.append((row, _parse_status(row)))
+        except InvalidCallback as exc:
+            done.append(Finished(row["id"], "ignored", str(exc)))
+    named = [as_uuid(u.message_id) for _, u in parsed]
+    messages = await store.callback_messages(
+        tx.conn, [m for m in named if m is not None], "twilio",
+        [u.provider_message_id for (_, u), m in zip(parsed, named, strict=True)
+         if m is None and u.provider_message_id])
+    by_id = {m["id"]: m for m in messages}
+    by_sid: dict[str, Row] = {}
+    for m in messages:
+        by_sid.setdefault(m["provider_message_id"], m)
+    receipts: list[Receipt] = []
+    for (row, update), mid in zip(parsed, named, strict=True):
+        message = by_id.get(mid) if mid else by_sid.get(update.provider_message_id)
+        outcome = _judge(hub, row, message)
+        done.append(outcome)
+        if outcome.status == "applied":
+            assert message is not None
+            receipts.append(Receipt(message, update))
+    await apply_receipts(tx, receipts)
     by_row = {r["id"]: r for r in rows}
-    for d in done:
-        _log_outcome(by_row[d.id], d)
+    await store.finish_many(tx.conn, [
+        d for d in done
+        if d.status != "applied" or d.sub_account_id != by_row[d.id]["sub_account_id"]])
+    return done
 
 
 def _judge(hub: Hub, row: Row, message: Row | None) -> Finished:
@@ -453,9 +478,10 @@ async def apply_event(hub: Hub, event_id: int) -> list[Row]:
     queued by it (compliance replies) for the caller to hand to the sender shards."""
     try:
         async with hub.transaction() as tx:
-            row = await store.claim(tx.conn, event_id)
-            if row is None:
+            claimed = await store.claim(tx.conn, [event_id], 1, KINDS)
+            if not claimed:
                 return []
+            row = claimed[0]
             if row["kind"] == "sms_inbound":
                 done, replies = await apply_inbound(hub, tx.conn, row)
             else:
@@ -489,11 +515,17 @@ class Applier:
             self._wake.clear()  # a wake during this round makes another round
             try:
                 while True:
-                    batch = dict(await store.due(self.hub.pool, APPLY_BATCH))
-                    if batch:
-                        await self.apply(batch)
+                    # One transaction claims the due rows and applies the status
+                    # callbacks among them; the other kinds follow, one by one.
+                    claimed = await apply_statuses(self.hub)
+                    replies: list[Row] = []
+                    for row in claimed:
+                        if row["kind"] not in STATUS_KINDS:
+                            replies.extend(await apply_event(self.hub, row["id"]))
+                    if replies:
+                        await self.hand_off(replies)
                     # A row another worker holds stays due: take it at the next wake.
-                    if len(batch) < APPLY_BATCH:
+                    if len(claimed) < APPLY_BATCH:
                         break
                 if time.monotonic() - last_prune > 3600:
                     last_prune = time.monotonic()
@@ -507,17 +539,6 @@ class Applier:
                 await asyncio.wait_for(self._wake.wait(), self.every_s)
             except TimeoutError:
                 pass
-
-    async def apply(self, batch: Mapping[int, str]) -> None:
-        statuses = [id_ for id_, kind in batch.items() if kind in STATUS_KINDS]
-        for i in range(0, len(statuses), APPLY_BATCH):
-            await apply_statuses(self.hub, statuses[i:i + APPLY_BATCH])
-        replies: list[Row] = []
-        for id_, kind in batch.items():
-            if kind not in STATUS_KINDS:
-                replies.extend(await apply_event(self.hub, id_))
-        if replies:
-            await self.hand_off(replies)
 
 
 __all__ = ["Accounts", "Applier", "Inbox", "InboxWriter", "InvalidCallback", "Rejected",

@@ -129,11 +129,11 @@ class Verified:
     provider_message_id: str | None = None
 
 
-#: The inbox insert NOTIFYs this channel as it commits (only when it stored a new row): the
-#: applier (hub/applier.py) LISTENs on it.
+#: `wake_applier` NOTIFYs this channel once an inbox insert that stored a new row has
+#: committed: the applier (hub/applier.py) LISTENs on it.
 INBOX_CHANNEL = "webhook_inbox"
 
-_INSERT_VERIFIED = f"""
+_INSERT_VERIFIED = """
 WITH u AS (
     SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::uuid[], $5::text[],
                          $6::jsonb[], $7::uuid[], $8::text[])
@@ -161,21 +161,17 @@ ins AS (
                                 event_key, payload, next_attempt_at)
     SELECT provider, kind, sa, pa, key, payload, now() FROM ok
     ON CONFLICT (provider, kind, event_key) DO NOTHING
-    RETURNING id, provider, kind, event_key),
-woken AS (SELECT count(pg_notify('{INBOX_CHANNEL}', '')) AS n
-          FROM (SELECT 1 FROM ins LIMIT 1) AS stored)
+    RETURNING id, provider, kind, event_key)
 SELECT u.ord, ok.ord IS NOT NULL AS accepted, ins.id
 FROM u LEFT JOIN ok ON ok.ord = u.ord
 LEFT JOIN ins ON ins.provider = ok.provider AND ins.kind = ok.kind AND ins.event_key = ok.key
-CROSS JOIN woken
 ORDER BY u.ord"""
 
 
 async def insert_verified(conn: Conn, events: Sequence[Verified]
                           ) -> list[tuple[bool, int | None]]:
-    """Store verified events in one statement, due at once, and wake the applier; per event
-    (accepted, inbox id), the id None for a duplicate (same provider, kind and key) of an
-    event stored before.
+    """Store verified events in one statement, due at once; per event (accepted, inbox id),
+    the id None for a duplicate (same provider, kind and key) of an event stored before.
 
     Not accepted: a status callback for a message that none of its signers sent (another
     tenant's signature on our message), or a signer that changed or was deleted since it
@@ -198,20 +194,40 @@ async def insert_verified(conn: Conn, events: Sequence[Verified]
     return [(r["accepted"], r["id"]) for r in rows]
 
 
-async def claim(conn: asyncpg.Connection, id_: int) -> Row | None:
-    """Lock one unapplied inbox row for this transaction; None if it is done or another
-    worker holds it."""
-    rows = await claim_many(conn, [id_])
-    return rows[0] if rows else None
+_CLAIM = f"""
+WITH c AS (
+    SELECT {INBOX_COLS} FROM webhook_events
+    WHERE status IN ('pending', 'orphan') AND {{which}}
+    ORDER BY {{order}} LIMIT $1 FOR UPDATE SKIP LOCKED),
+marked AS (
+    UPDATE webhook_events w SET status = 'applied', attempts = w.attempts + 1, error = NULL,
+           next_attempt_at = NULL, applied_at = now()
+    FROM c WHERE w.id = c.id AND c.kind = ANY($2::text[]))
+SELECT * FROM c ORDER BY id"""
+_CLAIM_IDS = _CLAIM.format(which="id = ANY($3::bigint[])", order="id")
+# statement_timestamp(), not now(): rows committed since this transaction began are due too.
+_CLAIM_DUE = _CLAIM.format(which="next_attempt_at <= statement_timestamp()",
+                           order="next_attempt_at")
 
 
-async def claim_many(conn: asyncpg.Connection, ids: Sequence[int]) -> list[Row]:
-    """Lock the unapplied ones of these inbox rows for this transaction (skipping those
-    another worker holds)."""
-    rows = await conn.fetch(
-        f"""SELECT {INBOX_COLS} FROM webhook_events
-            WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'orphan')
-            ORDER BY id FOR UPDATE SKIP LOCKED""", list(ids))
+async def wake_applier(conn: Conn) -> None:
+    """Tell the applier that new rows are due. A statement of its own, after the insert
+    has committed: a transaction that NOTIFYs holds PostgreSQL's notify-queue lock from
+    its pre-commit to its end, WAL flush included, so inserts that notified committed one
+    at a time; this one writes no WAL and holds the lock only for a moment."""
+    await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
+
+
+async def claim(conn: asyncpg.Connection, ids: Sequence[int] | None, limit: int,
+                kinds: Sequence[str]) -> list[Row]:
+    """Lock unapplied inbox rows for this transaction (skipping those another worker
+    holds): these `ids`, or (None) up to `limit` rows whose (re)try is due, oldest first.
+    The rows of `kinds` are marked applied as they are claimed (attempts + 1), so that a
+    batch that applies them needs no second statement; `finish_many` records any other
+    outcome before the commit. Rows come back as they were before the claim, in id order.
+    """
+    args = (limit, list(kinds)) if ids is None else (limit, list(kinds), list(ids))
+    rows = await conn.fetch(_CLAIM_DUE if ids is None else _CLAIM_IDS, *args)
     return [dict(r) for r in rows]
 
 
@@ -224,18 +240,12 @@ class Finished:
     next_attempt_at: datetime | None = None
 
 
-async def finish(conn: Conn, id_: int, status: str, *, error: str | None = None,
-                 sub_account_id: UUID | None = None,
-                 next_attempt_at: datetime | None = None) -> None:
-    await finish_many(conn, [Finished(id_, status, error, sub_account_id, next_attempt_at)])
-
-
 async def finish_many(conn: Conn, done: Sequence[Finished]) -> None:
+    """Record the outcome of claimed rows (the claim counted the attempt)."""
     if not done:
         return
     await conn.execute(
         """UPDATE webhook_events w SET status = u.status, error = u.error,
-                  attempts = w.attempts + 1,
                   sub_account_id = coalesce(u.sa, w.sub_account_id),
                   next_attempt_at = u.next_at,
                   applied_at = CASE WHEN u.status IN ('applied', 'ignored') THEN now() END
@@ -256,15 +266,6 @@ async def failed(conn: Conn, id_: int, error: str, max_delay_s: float,
                       now() + make_interval(secs => least(2 ^ attempts, $3)) END
            WHERE id = $1 AND status IN ('pending', 'orphan')""",
         id_, error, max_delay_s, max_failures)
-
-
-async def due(conn: Conn, limit: int) -> list[tuple[int, str]]:
-    """(id, kind) of the rows whose (re)try is due, oldest first."""
-    rows = await conn.fetch(
-        """SELECT id, kind FROM webhook_events
-           WHERE status IN ('pending', 'orphan') AND next_attempt_at <= now()
-           ORDER BY next_attempt_at LIMIT $1""", limit)
-    return [(r["id"], r["kind"]) for r in rows]
 
 
 async def prune(conn: Conn, keep_days: int) -> int:
