@@ -238,9 +238,8 @@ async def do_update_contact(hub: Hub, sub_account: Row, id_: UUID, data: Row) ->
         if not merged_phone and not merged_email:
             raise ValidationFailed.field("phone", "a contact needs a phone or an email",
                                          "phone_or_email_required")
-        try:
-            async with tx.conn.transaction():  # savepoint: keep the outer one usable
-                row = await contact_store.update(tx.conn, sub_account["id"], id_, fields)
+        try:  # the error ends the transaction: no savepoint needed
+            row = await contact_store.update(tx.conn, sub_account["id"], id_, fields)
         except asyncpg.UniqueViolationError as exc:
             raise _taken(exc) from exc
         assert row is not None
