@@ -1,7 +1,9 @@
 """The gateway's side of the actors: start or join the Supervisor, learn the shard topology
-once, and hand just-persisted messages to the right Sender shard (the fast path; shards also
-claim queued work from PostgreSQL, so a missed hand-off only costs latency). Shards are
-called by name: one the Supervisor moved to another node is looked up again."""
+once, name the Sender shard a new message is leased to (`owner`: the message is created
+already leased to it), and hand just-persisted messages to that shard (the fast path; a
+hand-off that never arrives only costs time: the lease expires and the shard claims the
+message from PostgreSQL). Shards are called by name: one the Supervisor moved to another
+node is looked up again."""
 
 from __future__ import annotations
 
@@ -9,12 +11,11 @@ import logging
 from typing import Any
 
 from actors import ray_api
-from actors.ring import Ring
+from actors.ring import Ring, sender_owner, sender_shard
 from actors.supervisor import scheduler_name, sender_name
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
-GROUP_OF = {"sms": "sms", "mms": "sms", "email": "email", "voice": "voice"}
 
 
 def supervisor_spec(settings: Settings, database_url: str, redis_url: str) -> dict[str, Any]:
@@ -62,14 +63,21 @@ class ActorHandles:
             self.handles[name] = ray_api.get_actor(name)
             return await ray_api.call(self.handles[name], method, *args, timeout=timeout)
 
-    async def submit(self, channel: str, slot: int, message_ids: list[str]) -> None:
-        """Best effort: on failure the shard's own claim loop picks the messages up."""
-        name = sender_name(GROUP_OF[channel], self.sender_ring.shard_of(slot))
+    def owner(self, channel: str, slot: int) -> str:
+        """The lease owner of the Sender shard that sends `channel` for `slot`."""
+        return sender_owner(*sender_shard(self.sender_ring, channel, slot))
+
+    async def submit(self, channel: str, slot: int, message_ids: list[str]) -> bool:
+        """Best effort; False when the shard could not be reached (the caller gives the
+        leases back, so that the shard's claims find the messages at once)."""
+        name = sender_name(*sender_shard(self.sender_ring, channel, slot))
         try:
             await self._call(name, "submit", message_ids, timeout=10)
+            return True
         except Exception as exc:
             log.warning("hand-off to sender shard failed; it will claim the message itself",
                         extra={"error": type(exc).__name__})
+            return False
 
     async def kick(self, slot: int) -> None:
         try:

@@ -12,6 +12,11 @@ from functools import cached_property
 
 SLOTS = 1024
 
+#: Sender shard groups: the message channels each group's shards send.
+CHANNEL_GROUPS = {"sms": ("sms", "mms"), "email": ("email",), "voice": ("voice",)}
+GROUP_OF = {channel: group for group, channels in CHANNEL_GROUPS.items()
+            for channel in channels}
+
 
 def _point(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
@@ -40,3 +45,16 @@ class Ring:
 
     def shard_of(self, slot: int) -> int:
         return self._table[slot]
+
+
+def sender_owner(group: str, index: int) -> str:
+    """The lease owner of Sender shard `index` of `group`: the shard's own leases carry it,
+    and so do the messages created already leased to it."""
+    return f"sender:{group}:{index}"
+
+
+def sender_shard(ring: Ring, channel: str, slot: int) -> tuple[str, int]:
+    """The Sender shard, (group, index), that sends a message of `channel` for a
+    sub-account on `slot`: the one mapping the Supervisor, the gateway and the scheduler
+    share."""
+    return GROUP_OF[channel], ring.shard_of(slot)

@@ -2,15 +2,19 @@
 owns. Plain asyncio state; `actors/ray_api.py` makes it a Ray actor.
 
 Each tick keeps, for every running campaign, a bounded window of messages ahead of the
-senders (so memory and the database's queue stay flat whatever the audience size): it leases
-due recipients, defers those whose local sending window is closed to the moment it opens,
-renders their bodies, picks a sticky sender, and creates their messages in one transaction.
+senders (so memory and the database's queue stay flat whatever the audience size): it claims
+due recipients (row locks, no write), defers those whose local sending window is closed to
+the moment it opens, renders their bodies, picks a sticky sender, and creates their messages
+in one transaction.
 A tick is set-based: a few statements for all the shard's campaigns together (read them with
 their backlogs, fill, count, complete, report), not a few per campaign, so ten thousand
 small campaigns cost about what one large one does; campaigns that only wait for their
 recipients' windows are read every `full_every_s`, not every tick.
-Sender shards lease those messages from PostgreSQL; nothing is handed over in memory, so a
-restart of either side loses nothing.
+With a `HandOff` (the Ray shell gives one), each message is created already leased to the
+Sender shard that sends it, and its id is handed to that shard once the transaction commits:
+the shard adopts it without another write. Without one, messages are created unleased and
+the Sender shards claim them. Either way PostgreSQL holds the truth: a hand-off that never
+arrives costs time (the lease expires and the shard claims the message), never a message.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -35,6 +40,7 @@ from hub.campaigns import FailureWindow, transition
 from hub.segments import count_segments
 from hub.sender_pool import choose_sender
 from hub.store import campaigns as store
+from hub.store import sending as send_store
 from hub.templates import parse
 from hub.timezones import SendWindow, contact_timezone
 
@@ -99,8 +105,22 @@ def record_counts(window: FailureWindow, ok: int, failed: int) -> None:
         window.record((i + 1) * failed // total == i * failed // total)
 
 
+@dataclass(frozen=True)
+class HandOff:
+    """How new campaign messages reach their Sender shards."""
+
+    #: (channel, slot) -> the lease owner of the Sender shard that sends it.
+    owner: Callable[[str, int], str]
+    #: {lease owner: message ids}: hand the ids to those shards (after the commit); returns
+    #: the owners that could not be reached.
+    send: Callable[[dict[str, list[str]]], Awaitable[list[str]]]
+    #: Messages a Sender shard's lanes hold at most: a campaign's window stays within it,
+    #: so what is handed off fits (a shard gives back what does not).
+    room: int
+
+
 class _Plan:
-    """What a fill needs of one campaign to turn its leased recipients into messages: its
+    """What a fill needs of one campaign to turn its claimed recipients into messages: its
     sending window, parsed template and sender pool."""
 
     def __init__(self, c: dict[str, Any], senders: list[dict[str, Any]]) -> None:
@@ -133,13 +153,15 @@ class SchedulerCore:
                  redis: aioredis.Redis, *, window_s: float = 5.0, min_window: int = 2_000,
                  claim_batch: int = 1_000, fill_rows: int = 5_000, lease_s: float = 60.0,
                  progress_every_s: float = 1.0, full_every_s: float = 10.0,
+                 hand_off: HandOff | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.owner, self.slots = owner, slots
+        self.hand_off = hand_off
         self.pool, self.redis = pool, redis
         self.window_s, self.min_window = window_s, min_window
         #: Recipients claimed per campaign per tick, and per fill transaction in all.
         self.claim_batch, self.fill_rows = claim_batch, fill_rows
-        self.lease_s = lease_s
+        self.lease_s = lease_s  # of the messages created leased to a Sender shard
         self.progress_every_s = progress_every_s
         #: Idle campaigns (running, with recipients deferred to later and nothing queued,
         #: sending or due) are read only this often: their counts can change only by
@@ -190,6 +212,8 @@ class SchedulerCore:
             if c["rate_cap"]:
                 nominal = min(nominal, c["rate_cap"])
             window = window_size(drain.rate(), nominal, self.window_s, self.min_window)
+            if self.hand_off is not None:
+                window = min(window, self.hand_off.room)
             if c["backlog"] < window and senders and c["due"]:
                 wants.append((c, min(window - c["backlog"], c["due"], self.claim_batch)))
         created = await self._fill(wants, now)
@@ -260,15 +284,17 @@ class SchedulerCore:
 
     async def _fill_chunk(self, wants: list[tuple[dict[str, Any], int]],
                           now: datetime) -> dict[UUID, int]:
-        """One transaction: lease the campaigns' due recipients, defer those whose local
+        """One transaction: claim the campaigns' due recipients, defer those whose local
         sending window is closed, skip those without an address or opted out since launch,
-        render the rest and create their messages."""
+        render the rest and create their messages; then hand the messages created to their
+        Sender shards."""
         by_campaign = {c["id"]: c for c, _ in wants}
+        hand_off = self.hand_off
         async with self.pool.acquire() as conn, conn.transaction():
             running = await store.lock_running(conn, list(by_campaign))
             due = await store.claim_due(conn, [
                 (c["id"], n, _address_channel(c["channel"])) for c, n in wants
-                if c["id"] in running], self.owner, self.lease_s)
+                if c["id"] in running])
             deferred: list[tuple[UUID, UUID, datetime]] = []
             skipped: list[tuple[UUID, UUID, str]] = []
             messages: list[dict[str, Any]] = []
@@ -291,10 +317,25 @@ class SchedulerCore:
                     if not plan.window.allows(now, tz):
                         deferred.append((c["id"], r["contact_id"], plan.window.next_open(now, tz)))
                         continue
-                messages.append(plan.message(r, to))
-            await store.defer(conn, self.owner, deferred)
-            await store.skip(conn, self.owner, skipped)
-            return await store.create_messages(conn, self.owner, messages)
+                m = plan.message(r, to)
+                m["lease_owner"] = hand_off.owner(m["channel"], m["slot"]) if hand_off else None
+                messages.append(m)
+            await store.defer(conn, deferred)
+            await store.skip(conn, skipped)
+            created = await store.create_messages(conn, messages, self.lease_s)
+        if hand_off is not None and created:
+            by_owner: dict[str, list[str]] = defaultdict(list)
+            for m in created:
+                by_owner[m["lease_owner"]].append(str(m["id"]))
+            try:
+                # Leases of shards not reached go back, so claims take the messages at once.
+                for owner in await hand_off.send(by_owner):
+                    await send_store.release(self.pool, owner,
+                                             [UUID(i) for i in by_owner[owner]])
+            except Exception as exc:  # the leases expire and the shards claim them
+                log.warning("hand-off to sender shards failed", extra={
+                    "owner": self.owner, "error": f"{type(exc).__name__}: {exc}"})
+        return dict(Counter(m["campaign_id"] for m in created))
 
     async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int]) -> bool:
         """Feed the outcomes since the last look into the campaign's failure window; pause

@@ -1,10 +1,12 @@
 """A Sender shard: hosts the send lanes of every sub-account whose slot it owns, for its
 channels. Plain asyncio state; `actors/ray_api.py` makes it a Ray actor.
 
-Work arrives two ways: `submit` (the gateway's fast path for replies and one-off sends) and
-`claim` (leasing queued messages from PostgreSQL: campaign traffic, and anything a dead
-shard left behind). Either way a message is sent only after `begin_sending` moved it from
-`queued` to `sending` under this shard's lease, so duplicates are impossible by construction.
+Work arrives two ways: `submit` (the hand-off of messages just created, most of them already
+leased to this shard: the gateway's sends and the scheduler's campaign messages) and `claim`
+(leasing queued messages from PostgreSQL: what was created unleased or given back, and
+anything whose lease expired, such as a hand-off that never arrived). Either way a message
+is sent only after `begin_sending` moved it from `queued` to `sending` under this shard's
+lease, so duplicates are impossible by construction.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SenderConfig:
-    owner: str  # unique per shard incarnation: leases carry it
+    owner: str  # the shard's lease owner (`actors.ring.sender_owner`), kept across restarts
     channels: tuple[str, ...]  # message channels this shard sends ("sms", "mms", ...)
     slots: tuple[int, ...]  # sub-account slots this shard owns
     public_url: str  # where providers post callbacks
@@ -123,11 +125,22 @@ class SenderCore:
     # --- intake ------------------------------------------------------------------------
 
     async def submit(self, message_ids: Sequence[str]) -> int:
-        """Fast path: lease these queued messages and queue them now. Idempotent."""
+        """The hand-off (the gateway's sends, the scheduler's new messages): queue these
+        messages now. Those created already leased to this shard are only read; others are
+        leased here. Bulk ones beyond the backlog bound are given back at once, so claims
+        take them in order later; replies and transactional ones are always kept.
+        Idempotent."""
         ids = [UUID(m) for m in message_ids if m not in self.lanes]
         if not ids:
             return 0
-        rows = await store.lease_ids(self.pool, self.config.owner, ids, self.config.lease_s)
+        config = self.config
+        rows = await store.adopt(self.pool, config.owner, ids, config.lease_s)
+        room = max(0, config.max_backlog - len(self.lanes))
+        bulk = [r for r in rows if r["priority"] == "bulk"]
+        if len(bulk) > room:
+            extra = {r["id"] for r in bulk[room:]}
+            await store.release(self.pool, config.owner, list(extra))
+            rows = [r for r in rows if r["id"] not in extra]
         return self._enqueue(rows)
 
     async def claim(self) -> int:
@@ -183,7 +196,7 @@ class SenderCore:
                 cost=max(1, int(r["segments"] or 1)) if r["channel"] in ("sms", "mms") else 1,
                 not_before=now + max(0.0, delay), attempt=int(r["attempts"] or 0),
                 campaign_id=str(r["campaign_id"]) if r["campaign_id"] else None,
-                leased_at=now))
+                leased_at=now - max(0.0, self.config.lease_s - (r["lease_left"] or 0.0))))
         added = self.lanes.push(items, now)
         if added:
             self._wake.set()

@@ -135,6 +135,52 @@ class SenderShell(_Shell):
             await self._loop
 
 
+def sender_hand_off(sender_shards: int) -> Any:
+    """The scheduler's `HandOff` over Ray: each message leased to the Sender shard the ring
+    gives it, and handed to the shards by name, one call per shard, all at once. A shard
+    gone for good (the Supervisor moved it, which makes a new actor under the same name) is
+    looked up again and called once more."""
+    from actors import ray_api
+    from actors.ring import CHANNEL_GROUPS, Ring, sender_owner, sender_shard
+    from actors.scheduler import HandOff
+    from actors.sender import SenderConfig
+    from actors.supervisor import sender_name
+
+    ring = Ring(sender_shards)
+    names = {sender_owner(g, i): sender_name(g, i)
+             for g in CHANNEL_GROUPS for i in range(sender_shards)}
+    handles: dict[str, Any] = {}
+
+    def owner(channel: str, slot: int) -> str:
+        return sender_owner(*sender_shard(ring, channel, slot))
+
+    async def submit(name: str, ids: list[str]) -> None:
+        for retry in (False, True):
+            if name not in handles:
+                handles[name] = ray_api.get_actor(name)
+            try:
+                await ray_api.call(handles[name], "submit", ids, timeout=10)
+                return
+            except Exception as exc:
+                handles.pop(name, None)
+                if retry or not ray_api.is_actor_error(exc):
+                    raise
+
+    async def send(by_owner: dict[str, list[str]]) -> list[str]:
+        owners = list(by_owner)
+        results = await asyncio.gather(*(submit(names[o], by_owner[o]) for o in owners),
+                                       return_exceptions=True)
+        failed = []
+        for o, result in zip(owners, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("hand-off to a sender shard failed; its leases are given back",
+                            extra={"shard": names[o], "error": type(result).__name__})
+                failed.append(o)
+        return failed
+
+    return HandOff(owner, send, room=SenderConfig.max_backlog)
+
+
 class SchedulerShell(_Shell):
     core: Any
 
@@ -143,8 +189,10 @@ class SchedulerShell(_Shell):
 
         setup_logging(self.spec.get("log_level", "INFO"))
         pool, redis, _ = await _open(self.spec)
+        shards = self.spec.get("sender_shards")
         self.core = SchedulerCore(self.spec["owner"], tuple(self.spec["slots"]), pool, redis,
-                                  lease_s=self.spec.get("lease_s", 60.0))
+                                  lease_s=self.spec.get("lease_s", 60.0),
+                                  hand_off=sender_hand_off(shards) if shards else None)
         self._stop_event = asyncio.Event()
         self._loop = asyncio.create_task(self.core.run(self._stop_event))
         log.info("scheduler shard started", extra={"owner": self.spec["owner"]})

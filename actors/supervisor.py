@@ -23,15 +23,12 @@ import redis.asyncio as aioredis
 
 from actors import placement, ray_api
 from actors.metrics import Metrics
-from actors.ring import Ring
+from actors.ring import CHANNEL_GROUPS, Ring, sender_owner
 from channels.base import OutboundMessage, ProviderCredentials
 from hub.crypto import SecretBox
 from hub.store import sending as store
 
 log = logging.getLogger(__name__)
-
-#: Sender shard groups: the message channels each group's shards send.
-CHANNEL_GROUPS = {"sms": ("sms", "mms"), "email": ("email",), "voice": ("voice",)}
 
 
 def sender_name(group: str, index: int) -> str:
@@ -64,10 +61,11 @@ class Supervisor:
         for group, channels in CHANNEL_GROUPS.items():
             for i in range(self.sender_ring.shards):
                 out[sender_name(group, i)] = ("sender", self._shard_spec(
-                    f"sender:{group}:{i}", self.sender_ring.slots_of(i), channels=channels))
+                    sender_owner(group, i), self.sender_ring.slots_of(i), channels=channels))
         for i in range(self.scheduler_ring.shards):
             out[scheduler_name(i)] = ("scheduler", self._shard_spec(
-                f"scheduler:{i}", self.scheduler_ring.slots_of(i)))
+                f"scheduler:{i}", self.scheduler_ring.slots_of(i),
+                sender_shards=self.sender_ring.shards))
         return out
 
     async def create_shards(self) -> None:

@@ -55,7 +55,7 @@ RESULT_FIELDS = (
     "concurrency", "seed_seconds", "launch_seconds", "first_send_seconds", "send_seconds",
     "send_rate_per_s", "steady_rate_per_s", "completion_seconds", "raw_ceiling_req_per_s",
     "raw_runs_req_per_s", "ratio_to_raw", "steady_ratio_to_raw", "idle_rss_mb",
-    "peak_rss_mb", "peak_rss_by_group_mb", "peak_pss_mb", "hub_processes")
+    "peak_rss_mb", "peak_rss_by_group_mb", "peak_pss_mb", "hub_processes", "row_versions")
 REPLY_FIELDS = ("replies", "replies_found", "replies_during_bulk", "reply_p50_ms",
                 "reply_p95_ms", "reply_p99_ms", "reply_max_ms")
 SEED_CHUNK = 100_000
@@ -366,7 +366,9 @@ class CampaignBench:
             finally:
                 memory.stop()
             raw_runs.append(await self._raw(carrier_url, numbers[0]))
-        return self._result(run, raw_runs, memory, idle, seed_s)
+        result = self._result(run, raw_runs, memory, idle, seed_s)
+        result["row_versions"] = await _row_versions(services.database_url)
+        return result
 
     async def _senders(self, api: httpx.AsyncClient, sa: str, carrier_url: str) -> list[str]:
         provider = await _ok(api.post(f"/v1/sub-accounts/{sa}/providers", json={
@@ -570,6 +572,24 @@ async def _ok(response: Any) -> dict[str, Any]:
         raise BenchError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
     body: dict[str, Any] = r.json()
     return body
+
+
+async def _row_versions(database_url: str) -> dict[str, dict[str, int]]:
+    """Row versions the send path wrote in this run's own database (rows inserted, updated,
+    of them HOT). Read 11 s after the run: a backend that went idle reports its counts
+    within 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL)."""
+    import asyncpg
+
+    await asyncio.sleep(11.0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            """SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+               WHERE relname IN ('messages', 'campaign_recipients')""")
+    finally:
+        await conn.close()
+    return {r["relname"]: {"inserted": r["n_tup_ins"], "updated": r["n_tup_upd"],
+                           "hot": r["n_tup_hot_upd"]} for r in rows}
 
 
 def _hub_sent(counts: dict[str, int]) -> int:

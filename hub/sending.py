@@ -4,6 +4,7 @@ caller then hands it to its Sender shard. Cancelling works until the send has be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -88,18 +89,21 @@ async def _resolve_contact(hub: Hub, conn: Any, sa: Row, channel: str,
 
 
 async def _sender_and_suppression(conn: Any, sa: Row, channel: str, address: str,
-                                  ) -> tuple[list[Row], bool]:
-    """The sub-account's senders on this channel, and whether the recipient is suppressed
-    there, in one round trip (at least one row: a sub-account without senders gets nulls)."""
+                                  ) -> tuple[list[Row], bool, int]:
+    """The sub-account's senders on this channel, whether the recipient is suppressed there,
+    and the sub-account's slot, in one round trip (at least one row: a sub-account without
+    senders gets nulls)."""
     rows = await conn.fetch(
-        """SELECT s.id, s.address, s.provider_account_id, s.kind, x.suppressed
+        """SELECT s.id, s.address, s.provider_account_id, s.kind, x.suppressed, x.slot
            FROM (SELECT EXISTS (SELECT 1 FROM suppressions WHERE sub_account_id = $1
-                     AND channel = $2 AND address = $3 AND removed_at IS NULL) AS suppressed) x
+                     AND channel = $2 AND address = $3 AND removed_at IS NULL) AS suppressed,
+                 (SELECT slot FROM sub_accounts WHERE id = $1) AS slot) x
            LEFT JOIN senders s ON s.sub_account_id = $1 AND s.channel = $2
            ORDER BY s.id""",
         sa["id"], SENDER_CHANNEL[channel],
         email_key(address) if channel == "email" else address)
-    return [dict(r) for r in rows if r["id"] is not None], rows[0]["suppressed"]
+    return ([dict(r) for r in rows if r["id"] is not None], rows[0]["suppressed"],
+            rows[0]["slot"])
 
 
 def _pick_sender(senders: list[Row], channel: str, sender_id: UUID | None,
@@ -132,9 +136,10 @@ _PERSIST = f"""
         INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
             channel, priority, sender_id, provider_account_id, from_address, to_address,
             subject, body, media_urls, voice, status, segments, encoding, slot, provider,
-            compliance)
+            compliance, lease_owner, lease_expires_at)
         SELECT $1, conv.id, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-               'queued', $13, $14, s.slot, p.provider, $15
+               'queued', $13, $14, s.slot, p.provider, $15, $18,
+               CASE WHEN $18::text IS NOT NULL THEN now() + make_interval(secs => $19) END
         FROM conv, sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $6
         RETURNING {messaging.MESSAGE_COLS}, slot),
     h AS (
@@ -146,10 +151,14 @@ _PERSIST = f"""
 
 
 async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "transactional",
-                          conversation_id: UUID | None = None, compliance: bool = False) -> Row:
+                          conversation_id: UUID | None = None, compliance: bool = False,
+                          lease_to: Callable[[str, int], str] | None = None) -> Row:
     """Persist one outbound message as queued. `req` holds channel, to or contact_id, body,
     subject, html, media_urls, voice, sender_id. `compliance` marks a carrier-required reply
-    (STOP confirmation, HELP answer): the only kind sent to a suppressed recipient."""
+    (STOP confirmation, HELP answer): the only kind sent to a suppressed recipient.
+    `lease_to` names the Sender shard that sends a (channel, slot) when the caller hands the
+    message to it: the message is created leased to that shard, which then adopts it
+    without writing it again. Without it (no actors) the message is created unleased."""
     channel = req["channel"]
     body = req.get("body") or ""
     media = list(req.get("media_urls") or [])
@@ -159,7 +168,7 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
         conn = tx.conn
         contact, address = await _resolve_contact(hub, conn, sa, channel,
                                                   req.get("contact_id"), req.get("to"))
-        senders, suppressed = await _sender_and_suppression(conn, sa, channel, address)
+        senders, suppressed, slot = await _sender_and_suppression(conn, sa, channel, address)
         if suppressed and not compliance:
             raise Conflict(
                 f"{'this address' if channel == 'email' else 'this number'} opted out or is "
@@ -171,7 +180,8 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
             _PERSIST, sa["id"], contact["id"], channel, priority, sender["id"],
             sender["provider_account_id"], sender["address"], address, req.get("subject"),
             body, media, req.get("voice"), segments, encoding, compliance,
-            SENDER_CHANNEL[channel], body or req.get("subject") or "")
+            SENDER_CHANNEL[channel], body or req.get("subject") or "",
+            lease_to(channel, slot) if lease_to else None, hub.settings.lease_s)
         message = {k: v for k, v in row.items() if not k.startswith("conv_")}
         conversation = {k[5:]: v for k, v in row.items() if k.startswith("conv_")}
         if conversation_id is not None and conversation["id"] != conversation_id:

@@ -40,6 +40,8 @@ def test_bench_campaign_sends_everything_and_reports_every_figure() -> None:
     assert set(groups) == {"gateway", "ray", "postgres", "redis"}
     assert all(mb > 0 for mb in groups.values()), groups
     assert result["raw_ceiling_req_per_s"] > 0 and result["ratio_to_raw"] > 0
+    # The send path's row versions were read from this run's database.
+    assert result["row_versions"]["messages"]["inserted"] == 2005, result["row_versions"]
     assert "send rate" in stderr and "agent replies" in stderr
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -12,9 +14,12 @@ from gateway import idempotency
 from gateway.deps import HubDep, IdempotencyKey, PrincipalDep, SubAccountDep
 from gateway.schemas import MessageIn, MessageOut, ReplyIn
 from hub import sending
+from hub.context import Hub
 from hub.errors import NotFound, ValidationFailed
 from hub.store import messaging
+from hub.store import sending as send_store
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["sending"])
 
 
@@ -26,10 +31,28 @@ def _require_key(key: str | None) -> str:
     return key
 
 
-async def _hand_off(request: Request, message: dict[str, Any]) -> None:
+def _lease_to(request: Request) -> Callable[[str, int], str] | None:
+    """Whom a new message is leased to: the Sender shard it is handed to (no actors: none)."""
     actors = getattr(request.app.state, "actors", None)
-    if actors is not None:
-        await actors.submit(message["channel"], message["slot"], [str(message["id"])])
+    return actors.owner if actors is not None else None
+
+
+async def _hand_off(hub: Hub, request: Request, response: JSONResponse,
+                    message: dict[str, Any]) -> None:
+    """Give the message just created (not a replay's) to the Sender shard it is leased to;
+    if the shard cannot be reached, give the lease back, so that a claim takes it at once
+    rather than when the lease expires."""
+    actors = getattr(request.app.state, "actors", None)
+    if actors is None or not message or response.headers.get("Idempotent-Replayed"):
+        return
+    ids = [str(message["id"])]
+    if not await actors.submit(message["channel"], message["slot"], ids):
+        owner = actors.owner(message["channel"], message["slot"])
+        try:
+            await send_store.release(hub.pool, owner, [message["id"]])
+        except Exception:  # it is queued all the same: its lease expires, then it is claimed
+            log.warning("could not give back the lease of a message not handed off",
+                        exc_info=True, extra={"message_id": ids[0]})
 
 
 def _req(body: MessageIn | ReplyIn) -> dict[str, Any]:
@@ -50,14 +73,14 @@ async def send_message(hub: HubDep, principal: PrincipalDep, sub_account: SubAcc
     created: dict[str, Any] = {}
 
     async def work() -> tuple[int, MessageOut]:
-        message = await sending.do_send_message(hub, sub_account, _req(body))
+        message = await sending.do_send_message(hub, sub_account, _req(body),
+                                                lease_to=_lease_to(request))
         created.update(message)
         return 202, MessageOut(**{k: v for k, v in message.items() if k != "slot"})
 
     response = await idempotency.run(hub, principal, _require_key(key), "POST",
                                      request.url.path, body, work)
-    if created:
-        await _hand_off(request, created)
+    await _hand_off(hub, request, response, created)
     return response
 
 
@@ -79,14 +102,14 @@ async def reply(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep
                    if conversation["channel"] == "sms" else conversation["channel"],
                    contact_id=conversation["contact_id"])
         message = await sending.do_send_message(hub, sub_account, req, priority="reply",
-                                                conversation_id=conversation_id)
+                                                conversation_id=conversation_id,
+                                                lease_to=_lease_to(request))
         created.update(message)
         return 202, MessageOut(**{k: v for k, v in message.items() if k != "slot"})
 
     response = await idempotency.run(hub, principal, _require_key(key), "POST",
                                      request.url.path, body, work)
-    if created:
-        await _hand_off(request, created)
+    await _hand_off(hub, request, response, created)
     return response
 
 

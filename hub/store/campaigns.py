@@ -168,11 +168,12 @@ async def lock_running(conn: asyncpg.Connection, campaign_ids: list[UUID]) -> se
     return {r["id"] for r in rows}
 
 
-async def claim_due(conn: asyncpg.Connection, wants: list[tuple[UUID, int, str]], owner: str,
-                    lease_s: float) -> list[Row]:
-    """Lease due pending recipients of several campaigns, (campaign, how many, suppression
+async def claim_due(conn: asyncpg.Connection, wants: list[tuple[UUID, int, str]]) -> list[Row]:
+    """Claim due pending recipients of several campaigns, (campaign, how many, suppression
     channel) each, with their contact's fields and whether they have been suppressed since
-    launch."""
+    launch. The claim is the row lock (`FOR UPDATE SKIP LOCKED`) and nothing is written: the
+    caller's transaction defers, skips or queues every row it claimed, and until it commits
+    other claimers skip them."""
     if not wants:
         return []
     rows = await conn.fetch(
@@ -184,41 +185,30 @@ async def claim_due(conn: asyncpg.Connection, wants: list[tuple[UUID, int, str]]
                    SELECT r.contact_id FROM campaign_recipients r
                    WHERE r.campaign_id = w.campaign_id AND r.status = 'pending'
                      AND r.due_at <= now()
-                     AND (r.lease_owner IS NULL OR r.lease_owner = $4
-                          OR r.lease_expires_at < now())
-                   ORDER BY r.due_at LIMIT w.n FOR UPDATE SKIP LOCKED) p),
-           leased AS (
-               UPDATE campaign_recipients r SET lease_owner = $4,
-                      lease_expires_at = now() + make_interval(secs => $5)
-               FROM picked WHERE r.campaign_id = picked.campaign_id
-                 AND r.contact_id = picked.contact_id
-               RETURNING r.campaign_id, r.contact_id)
-           SELECT leased.campaign_id, c.id AS contact_id, c.phone, c.email, c.first_name,
+                   ORDER BY r.due_at LIMIT w.n FOR UPDATE SKIP LOCKED) p)
+           SELECT picked.campaign_id, c.id AS contact_id, c.phone, c.email, c.first_name,
                   c.last_name, c.timezone, c.custom_fields,
                   EXISTS (SELECT 1 FROM suppressions s WHERE s.sub_account_id = c.sub_account_id
                           AND s.removed_at IS NULL AND s.channel = w.channel
                           AND s.address = CASE WHEN w.channel = 'email' THEN c.email_key
                                                ELSE c.phone END) AS suppressed
-           FROM leased JOIN want w ON w.campaign_id = leased.campaign_id
-           JOIN contacts c ON c.id = leased.contact_id""",
-        [w[0] for w in wants], [w[1] for w in wants], [w[2] for w in wants], owner, lease_s,
+           FROM picked JOIN want w ON w.campaign_id = picked.campaign_id
+           JOIN contacts c ON c.id = picked.contact_id""",
+        [w[0] for w in wants], [w[1] for w in wants], [w[2] for w in wants],
     )
     return [dict(r) for r in rows]
 
 
-async def defer(conn: asyncpg.Connection, owner: str,
-                rows: list[tuple[UUID, UUID, datetime]]) -> None:
-    """Quiet hours: move recipients, (campaign, contact, when), to the next time their
-    window opens."""
+async def defer(conn: asyncpg.Connection, rows: list[tuple[UUID, UUID, datetime]]) -> None:
+    """Quiet hours: move claimed recipients, (campaign, contact, when), to the next time
+    their window opens."""
     if rows:
         await conn.execute(
-            """UPDATE campaign_recipients r SET due_at = u.due, lease_owner = NULL,
-                      lease_expires_at = NULL
-               FROM unnest($2::uuid[], $3::uuid[], $4::timestamptz[])
+            """UPDATE campaign_recipients r SET due_at = u.due
+               FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
                    AS u(campaign_id, contact_id, due)
-               WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
-                 AND r.lease_owner = $1""",
-            owner, *map(list, zip(*rows, strict=True)))
+               WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id""",
+            *map(list, zip(*rows, strict=True)))
 
 
 #: After a `skipped` CTE of recipients (their campaign_id): each campaign's skipped count.
@@ -227,20 +217,18 @@ _COUNT_SKIPPED = """UPDATE campaigns c SET skipped_total = skipped_total + k.n
     WHERE c.id = k.campaign_id"""
 
 
-async def skip(conn: asyncpg.Connection, owner: str, rows: list[tuple[UUID, UUID, str]]) -> None:
-    """Recipients, (campaign, contact, reason), that will never be sent."""
+async def skip(conn: asyncpg.Connection, rows: list[tuple[UUID, UUID, str]]) -> None:
+    """Claimed recipients, (campaign, contact, reason), that will never be sent."""
     if rows:
         await conn.execute(
             f"""WITH skipped AS (
-                   UPDATE campaign_recipients r SET status = 'skipped', skip_reason = u.reason,
-                          lease_owner = NULL
-                   FROM unnest($2::uuid[], $3::uuid[], $4::text[])
+                   UPDATE campaign_recipients r SET status = 'skipped', skip_reason = u.reason
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[])
                        AS u(campaign_id, contact_id, reason)
                    WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
-                     AND r.lease_owner = $1
                    RETURNING r.campaign_id)
                {_COUNT_SKIPPED}""",
-            owner, *map(list, zip(*rows, strict=True)))
+            *map(list, zip(*rows, strict=True)))
 
 
 async def skip_contact(conn: asyncpg.Connection, contact_id: UUID, reason: str) -> None:
@@ -248,20 +236,21 @@ async def skip_contact(conn: asyncpg.Connection, contact_id: UUID, reason: str) 
     be sent."""
     await conn.execute(
         f"""WITH skipped AS (
-               UPDATE campaign_recipients r SET status = 'skipped', skip_reason = $2,
-                      lease_owner = NULL, lease_expires_at = NULL
+               UPDATE campaign_recipients r SET status = 'skipped', skip_reason = $2
                WHERE r.contact_id = $1 AND r.status = 'pending'
                RETURNING r.campaign_id)
            {_COUNT_SKIPPED}""", contact_id, reason)
 
 
-async def create_messages(conn: asyncpg.Connection, owner: str,
-                          messages: list[Row]) -> dict[UUID, int]:
-    """Create the recipients' messages (queued, bulk), of any number of campaigns, with their
-    conversations, and mark the recipients queued; returns the messages created per
-    campaign. The message id is derived from (campaign, contact), and the unique
-    (campaign_id, contact_id) index makes a second attempt a no-op: one message per
-    recipient, whatever restarts in between."""
+async def create_messages(conn: asyncpg.Connection, messages: list[Row],
+                          lease_s: float) -> list[Row]:
+    """Create the claimed recipients' messages (queued, bulk), of any number of campaigns,
+    with their conversations, and mark the recipients queued; returns the messages created
+    (id, campaign_id, lease_owner). A message with a `lease_owner` is created leased to that
+    Sender shard for `lease_s`, so the shard adopts it without writing it again. The
+    message id is derived from (campaign, contact), and the unique (campaign_id,
+    contact_id) index makes a second attempt a no-op: one message per recipient, whatever
+    restarts in between."""
     if not messages:
         return {}
     col = {k: [m[k] for m in messages] for k in messages[0]}
@@ -276,7 +265,8 @@ async def create_messages(conn: asyncpg.Connection, owner: str,
     rows = await conn.fetch(
         """INSERT INTO messages (id, sub_account_id, conversation_id, contact_id, campaign_id,
                direction, channel, priority, sender_id, provider_account_id, from_address,
-               to_address, subject, body, media_urls, voice, status, segments, encoding, slot)
+               to_address, subject, body, media_urls, voice, status, segments, encoding, slot,
+               lease_owner, lease_expires_at)
            SELECT u.id, u.sub_account_id,
                   (SELECT conv.id FROM conversations conv
                    WHERE conv.sub_account_id = u.sub_account_id
@@ -284,29 +274,26 @@ async def create_messages(conn: asyncpg.Connection, owner: str,
                   u.contact_id, u.campaign_id, 'outbound', u.channel, 'bulk', u.sender_id,
                   u.provider_account_id, u.from_address, u.to_address, u.subject, u.body,
                   (SELECT cp.media_urls FROM campaigns cp WHERE cp.id = u.campaign_id),
-                  u.voice, 'queued', u.segments, u.encoding, u.slot
+                  u.voice, 'queued', u.segments, u.encoding, u.slot, u.lease_owner,
+                  CASE WHEN u.lease_owner IS NOT NULL THEN now() + make_interval(secs => $18) END
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
                        $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[],
-                       $12::text[], $13::jsonb[], $14::int[], $15::text[], $16::int[])
+                       $12::text[], $13::jsonb[], $14::int[], $15::text[], $16::int[],
+                       $17::text[])
                 AS u(id, campaign_id, sub_account_id, conv_channel, contact_id, channel,
                      sender_id, provider_account_id, from_address, to_address, subject, body,
-                     voice, segments, encoding, slot)
-           ON CONFLICT DO NOTHING RETURNING campaign_id""",
+                     voice, segments, encoding, slot, lease_owner)
+           ON CONFLICT DO NOTHING RETURNING id, campaign_id, lease_owner""",
         *(col[k] for k in ("id", "campaign_id", "sub_account_id", "conv_channel", "contact_id",
                            "channel", "sender_id", "provider_account_id", "from_address",
                            "to_address", "subject", "body", "voice", "segments", "encoding",
-                           "slot")))
+                           "slot", "lease_owner")), lease_s)
     await conn.execute(
-        """UPDATE campaign_recipients r SET status = 'queued', message_id = u.id,
-                  lease_owner = NULL, lease_expires_at = NULL
-           FROM unnest($2::uuid[], $3::uuid[], $4::uuid[]) AS u(campaign_id, contact_id, id)
-           WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id
-             AND r.lease_owner = $1""",
-        owner, col["campaign_id"], col["contact_id"], col["id"])
-    created: dict[UUID, int] = {}
-    for r in rows:
-        created[r["campaign_id"]] = created.get(r["campaign_id"], 0) + 1
-    return created
+        """UPDATE campaign_recipients r SET status = 'queued', message_id = u.id
+           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(campaign_id, contact_id, id)
+           WHERE r.campaign_id = u.campaign_id AND r.contact_id = u.contact_id""",
+        col["campaign_id"], col["contact_id"], col["id"])
+    return [dict(r) for r in rows]
 
 
 async def start(conn: asyncpg.Connection, campaign_ids: list[UUID], status: str) -> list[Row]:
@@ -368,7 +355,7 @@ async def unqueue(conn: asyncpg.Connection, campaign_id: UUID) -> int:
            RETURNING contact_id""", campaign_id)
     await conn.execute(
         """UPDATE campaign_recipients SET status = 'pending', message_id = NULL,
-                  lease_owner = NULL, due_at = least(due_at, now())
+                  due_at = least(due_at, now())
            WHERE campaign_id = $1 AND contact_id = ANY($2::uuid[])""",
         campaign_id, [r["contact_id"] for r in ids])
     return len(ids)

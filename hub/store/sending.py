@@ -1,5 +1,6 @@
-"""SQL of the send path: leasing queued messages to a sender shard, the `sending` commit that
-makes each send happen at most once, recording provider results, and the reconciler's view.
+"""SQL of the send path: leasing queued messages to a sender shard (or adopting those created
+already leased to it), the `sending` commit that makes each send happen at most once,
+recording provider results, and the reconciler's view.
 
 The rule that gives exactly-once effect: a message leaves for the provider only after this
 shard's UPDATE moved it from `queued` to `sending` under its own lease and committed. Any
@@ -22,7 +23,8 @@ Row = dict[str, Any]
 #: What a sender shard needs to place a message in a lane and its rate-limit path.
 LANE_COLS = """m.id, m.sub_account_id, m.priority, m.campaign_id, m.sender_id,
     m.provider_account_id, m.segments, m.attempts, m.not_before, m.channel,
-    s.mps AS sender_mps, c.rate_cap AS campaign_rate"""
+    s.mps AS sender_mps, c.rate_cap AS campaign_rate,
+    extract(epoch FROM m.lease_expires_at - now())::float8 AS lease_left"""
 LANE_JOIN = """LEFT JOIN senders s ON s.id = m.sender_id
     LEFT JOIN campaigns c ON c.id = m.campaign_id"""
 
@@ -66,18 +68,25 @@ async def release_stale(conn: Conn, owner: str, channels: list[str], slots: list
     return int(status.split()[-1])
 
 
-async def lease_ids(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
-    """The fast path: lease specific queued messages (a just-submitted reply)."""
+async def adopt(conn: Conn, owner: str, ids: list[UUID], lease_s: float) -> list[Row]:
+    """The hand-off: specific queued messages (just created, most already leased to this
+    shard in their INSERT). Those leased to `owner` are only read: no write, no commit.
+    Unleased ones (created without actors) and expired leases are leased here, as a claim
+    would."""
     rows = await conn.fetch(
-        f"""WITH picked AS (
+        f"""WITH mine AS (
+               SELECT * FROM messages WHERE id = ANY($2::uuid[]) AND status = 'queued'
+                 AND lease_owner = $1 AND lease_expires_at >= now()),
+           picked AS (
                SELECT id FROM messages WHERE id = ANY($2::uuid[]) AND status = 'queued'
-                 AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < now())
+                 AND (lease_owner IS NULL OR lease_expires_at < now())
                FOR UPDATE SKIP LOCKED),
-           m AS (
+           leased AS (
                UPDATE messages m SET lease_owner = $1,
                       lease_expires_at = now() + make_interval(secs => $3)
                FROM picked WHERE m.id = picked.id RETURNING m.*)
-           SELECT {LANE_COLS} FROM m {LANE_JOIN}""",
+           SELECT {LANE_COLS} FROM (SELECT * FROM mine UNION ALL SELECT * FROM leased) m
+           {LANE_JOIN}""",
         owner, ids, lease_s,
     )
     return [dict(r) for r in rows]
