@@ -27,7 +27,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from actors.lanes import Lanes, Outbound
-from actors.limiter import LimitKey, NestedLimiter, backoff
+from actors.limiter import LimitKey, NestedLimiter
 from actors.metrics import Metrics
 from channels.base import (
     ChannelAdapter,
@@ -40,6 +40,7 @@ from channels.base import (
 from hub import events
 from hub.compliance import unsubscribe_url
 from hub.crypto import SecretBox
+from hub.retry import backoff
 from hub.status import Status, rank
 from hub.store import sending as store
 

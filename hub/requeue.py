@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from actors.limiter import backoff
 from channels.base import ErrorKind
 from channels.twilio_sms import callback_error
+from hub.retry import backoff
 from hub.status import Status
 from hub.store import campaigns as campaign_store
 from hub.store.messaging import MESSAGE_COLS

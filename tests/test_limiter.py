@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from actors.limiter import LimitKey, NestedLimiter, TokenBucket, backoff
+from actors.limiter import LimitKey, NestedLimiter, TokenBucket
+from hub.retry import backoff
 
 PROVIDER: LimitKey = ("provider", "pa-1")
 SA: LimitKey = ("sub_account", "sa-1")
