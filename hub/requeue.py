@@ -27,6 +27,7 @@ from hub.retry import backoff
 from hub.status import Status
 from hub.store import campaigns as campaign_store
 from hub.store.messaging import MESSAGE_COLS
+from hub.store.webhooks import retired_key
 
 #: Sends (first one included) after which a throttled failure is recorded as failed.
 MAX_ATTEMPTS = 8
@@ -45,10 +46,6 @@ def throttled(update: Any) -> bool:
         return False
     error = callback_error(update)
     return error is not None and error.kind == ErrorKind.THROTTLED
-
-
-def retired_key(sid: str) -> str:
-    return f"{sid}:requeued"
 
 
 async def sift(conn: Any, receipts: Sequence[Any], fresh: set[tuple[UUID, str]]) -> Sifted:

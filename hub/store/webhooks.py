@@ -18,6 +18,13 @@ from hub.store.messaging import MESSAGE_COLS
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
 
+
+def retired_key(sid: str) -> str:
+    """The history key under which a re-queued message keeps the provider id of its
+    throttled attempt (hub/requeue.py), so late callbacks of that attempt still find it."""
+    return f"{sid}:requeued"
+
+
 INBOX_COLS = ("id, provider, kind, sub_account_id, provider_account_id, event_key, payload, "
               "received_at, status, attempts, next_attempt_at, applied_at, error")
 _ACCOUNT_COLS = ("p.id, p.sub_account_id, p.provider, p.account_id, p.secret_encrypted, "
@@ -70,8 +77,8 @@ async def callback_message(conn: Conn, message_id: UUID | None, provider: str,
                 f"""SELECT {_CALLBACK_COLS} FROM message_events e
                     JOIN messages m ON m.id = e.message_id AND m.provider = $1
                     LEFT JOIN provider_accounts p ON p.id = m.provider_account_id
-                    WHERE e.provider_status = 'requeued' AND e.event_key = $2 || ':requeued'
-                    LIMIT 1""", provider, provider_message_id)
+                    WHERE e.provider_status = 'requeued' AND e.event_key = $2
+                    LIMIT 1""", provider, retired_key(provider_message_id))
     else:
         return None
     return dict(row) if row else None
