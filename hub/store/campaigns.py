@@ -252,7 +252,7 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
     contact_id) index makes a second attempt a no-op: one message per recipient, whatever
     restarts in between."""
     if not messages:
-        return {}
+        return []
     col = {k: [m[k] for m in messages] for k in messages[0]}
     await conn.execute(
         """INSERT INTO conversations (sub_account_id, contact_id, channel)
