@@ -52,16 +52,7 @@ class ActorHandles:
         return cls(topology)
 
     async def _call(self, name: str, method: str, *args: Any, timeout: float) -> Any:
-        """Call shard `name`; if its actor is gone for good (the Supervisor moved the shard
-        to another node, which makes a new actor under the same name), look the name up
-        again and call that one."""
-        try:
-            return await ray_api.call(self.handles[name], method, *args, timeout=timeout)
-        except Exception as exc:
-            if not ray_api.is_actor_error(exc):
-                raise
-            self.handles[name] = ray_api.get_actor(name)
-            return await ray_api.call(self.handles[name], method, *args, timeout=timeout)
+        return await ray_api.call_named(self.handles, name, method, *args, timeout=timeout)
 
     def owner(self, channel: str, slot: int) -> str:
         """The lease owner of the Sender shard that sends `channel` for `slot`."""

@@ -218,6 +218,22 @@ async def call(handle: Any, method: str, *args: Any, timeout: float | None = 30.
     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
 
 
+async def call_named(handles: dict[str, Any], name: str, method: str, *args: Any,
+                     timeout: float | None = 30.0) -> Any:
+    """Call the actor named `name`, through `handles` (a cache by name, filled here). If
+    the actor is gone for good (the Supervisor moved its shard to another node, which makes
+    a new actor under the same name), look the name up again and call that one."""
+    if name not in handles:
+        handles[name] = get_actor(name)
+    try:
+        return await call(handles[name], method, *args, timeout=timeout)
+    except Exception as exc:
+        if not is_actor_error(exc):
+            raise
+        handles[name] = get_actor(name)
+        return await call(handles[name], method, *args, timeout=timeout)
+
+
 async def gather(calls: list[tuple[Any, str, tuple[Any, ...]]],
                  timeout: float | None = 30.0) -> list[Any]:
     """Several actor calls at once; exceptions are returned, not raised."""

@@ -137,9 +137,8 @@ class SenderShell(_Shell):
 
 def sender_hand_off(sender_shards: int) -> Any:
     """The scheduler's `HandOff` over Ray: each message leased to the Sender shard the ring
-    gives it, and handed to the shards by name, one call per shard, all at once. A shard
-    gone for good (the Supervisor moved it, which makes a new actor under the same name) is
-    looked up again and called once more."""
+    gives it, and handed to the shards by name (`ray_api.call_named`), one call per shard,
+    all at once."""
     from actors import ray_api
     from actors.ring import CHANNEL_GROUPS, Ring, sender_owner, sender_shard
     from actors.scheduler import HandOff
@@ -154,22 +153,11 @@ def sender_hand_off(sender_shards: int) -> Any:
     def owner(channel: str, slot: int) -> str:
         return sender_owner(*sender_shard(ring, channel, slot))
 
-    async def submit(name: str, ids: list[str]) -> None:
-        for retry in (False, True):
-            if name not in handles:
-                handles[name] = ray_api.get_actor(name)
-            try:
-                await ray_api.call(handles[name], "submit", ids, timeout=10)
-                return
-            except Exception as exc:
-                handles.pop(name, None)
-                if retry or not ray_api.is_actor_error(exc):
-                    raise
-
     async def send(by_owner: dict[str, list[str]]) -> list[str]:
         owners = list(by_owner)
-        results = await asyncio.gather(*(submit(names[o], by_owner[o]) for o in owners),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(ray_api.call_named(handles, names[o], "submit", by_owner[o], timeout=10)
+              for o in owners), return_exceptions=True)
         failed = []
         for o, result in zip(owners, results, strict=True):
             if isinstance(result, BaseException):
