@@ -46,8 +46,7 @@ async def cancel_waiting(tx: Tx, sub_account_id: UUID, channel: str, address: st
     conn = tx.conn
     channels = MESSAGE_CHANNELS[channel]
     await conn.execute(
-        f"""UPDATE campaign_recipients r SET status = 'canceled', skip_reason = 'opted_out',
-                   lease_owner = NULL, lease_expires_at = NULL
+        f"""UPDATE campaign_recipients r SET status = 'canceled', skip_reason = 'opted_out'
             FROM campaigns c
             WHERE r.status = 'pending' AND c.id = r.campaign_id AND c.channel = ANY($3::text[])
               AND r.contact_id IN (SELECT id FROM contacts WHERE sub_account_id = $1
