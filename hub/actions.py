@@ -195,6 +195,13 @@ async def do_delete_sender(hub: Hub, sub_account_id: UUID, id_: UUID) -> None:
     async with hub.transaction() as tx:
         if not await tenants.delete_sender(tx.conn, sub_account_id, id_):
             raise NotFound("no such sender", code="sender_not_found")
+        # Checked after the delete has locked the row, so a campaign created meanwhile (its
+        # create reads the senders FOR SHARE) is seen here.
+        if using := await campaign_store.using_sender(tx.conn, sub_account_id, id_):
+            names = ", ".join(f"{c['name']!r} ({c['status']}, {c['id']})" for c in using[:5])
+            more = f" and {len(using) - 5} more" if len(using) > 5 else ""
+            raise Conflict(f"campaigns still use this sender: {names}{more}; cancel them or "
+                           "let them complete, then delete it", code="sender_in_use")
         tx.emit(sub_account_id, "sender.deleted", {"id": str(id_)})
 
 

@@ -14,7 +14,7 @@ from uuid import UUID
 from hub import projection
 from hub.campaigns import allowed_actions, audience_sql, check_content, parse_audience, transition
 from hub.context import Hub
-from hub.errors import NotFound, ValidationFailed
+from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.store import audience as audience_store
 from hub.store import campaigns as store
 from hub.timezones import SendWindow, contact_timezone
@@ -37,28 +37,32 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
         raise ValidationFailed.field("voice", "a voice campaign needs voice.say or "
                                      "voice.play_url", "required")
     sender_ids: list[UUID] = list(data.get("sender_ids") or [])
-    rows = await hub.pool.fetch(
-        "SELECT id FROM senders WHERE sub_account_id = $1 AND channel = $2 "
-        "AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) ORDER BY id",
-        sa["id"], SENDER_CHANNEL[channel], sender_ids or None)
-    found = [r["id"] for r in rows]
-    if sender_ids and set(found) != set(sender_ids):
-        missing = sorted(str(s) for s in set(sender_ids) - set(found))
-        raise ValidationFailed.field("sender_ids", f"not {SENDER_CHANNEL[channel]} senders of "
-                                     f"this sub-account: {', '.join(missing)}", "not_found")
-    if not found:
-        raise ValidationFailed.field("sender_ids", f"this sub-account has no "
-                                     f"{SENDER_CHANNEL[channel]} sender; add one first",
-                                     "no_sender")
-    fields = {
-        "name": data["name"], "channel": channel, "audience": audience.to_json(),
-        "body": data.get("body") or "", "subject": data.get("subject"),
-        "html": data.get("html"), "media_urls": [str(u) for u in data.get("media_urls") or []],
-        "voice": data.get("voice"), "sender_ids": found, "start_at": data.get("start_at"),
-        "window_start": data["window_start"], "window_end": data["window_end"],
-        "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
-    }
     async with hub.transaction() as tx:
+        # FOR SHARE: a sender being deleted now is either gone here or sees this campaign
+        # (do_delete_sender refuses to delete a sender that a campaign still uses).
+        rows = await tx.conn.fetch(
+            "SELECT id FROM senders WHERE sub_account_id = $1 AND channel = $2 "
+            "AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) ORDER BY id FOR SHARE",
+            sa["id"], SENDER_CHANNEL[channel], sender_ids or None)
+        found = [r["id"] for r in rows]
+        if sender_ids and set(found) != set(sender_ids):
+            missing = sorted(str(s) for s in set(sender_ids) - set(found))
+            raise ValidationFailed.field("sender_ids", f"not {SENDER_CHANNEL[channel]} senders "
+                                         f"of this sub-account: {', '.join(missing)}",
+                                         "not_found")
+        if not found:
+            raise ValidationFailed.field("sender_ids", f"this sub-account has no "
+                                         f"{SENDER_CHANNEL[channel]} sender; add one first",
+                                         "no_sender")
+        fields = {
+            "name": data["name"], "channel": channel, "audience": audience.to_json(),
+            "body": data.get("body") or "", "subject": data.get("subject"),
+            "html": data.get("html"),
+            "media_urls": [str(u) for u in data.get("media_urls") or []],
+            "voice": data.get("voice"), "sender_ids": found, "start_at": data.get("start_at"),
+            "window_start": data["window_start"], "window_end": data["window_end"],
+            "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
+        }
         row = await store.insert(tx.conn, sa["id"], fields)
         tx.emit(sa["id"], "campaign.created", snapshot(row), f"campaign:{row['id']}")
     return row
@@ -76,6 +80,13 @@ async def do_launch_campaign(hub: Hub, sa: Row, id_: UUID) -> Row:
     async with hub.transaction() as tx:
         c = await _locked(tx, sa["id"], id_)
         status = transition(c["status"], "launch", now=now, start_at=c["start_at"])
+        # A draft's senders may have been deleted since it was created (a launched
+        # campaign's may not: do_delete_sender refuses). FOR SHARE, as in the create.
+        if not await tx.conn.fetch(
+                "SELECT id FROM senders WHERE id = ANY($1::uuid[]) FOR SHARE", c["sender_ids"]):
+            raise Conflict("every sender of this campaign has been deleted since it was "
+                           "created; create the campaign again with current senders",
+                           code="no_sender")
         audience = parse_audience(c["audience"])
         where, args = audience_sql(audience, 0)
         await store.materialise(tx.conn, c, where, args, max(now, c["start_at"] or now))

@@ -163,3 +163,32 @@ async def test_senders_normalise_and_default_throughput(
     assert_problem(wrong, 422, field="provider_account_id")
     in_use = await api.delete(f"/v1/sub-accounts/{tenant.sa1}/providers/{pid}", headers=h)
     assert_problem(in_use, 409, "provider_account_in_use")
+
+
+async def test_a_sender_a_launched_campaign_uses_cannot_be_deleted(
+    api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    h = auth(tenant.sa1_key)
+    sa = f"/v1/sub-accounts/{tenant.sa1}"
+    p = await api.post(f"{sa}/providers", headers=h,
+                       json={"provider": "twilio", "name": "main", "account_id": "AC" + "3" * 32,
+                             "secret": "tok"})
+    senders = [(await api.post(f"{sa}/senders", headers=h, json={
+        "provider_account_id": p.json()["id"], "channel": "sms", "kind": "long_code",
+        "address": f"+1212555018{i}"})).json()["id"] for i in range(3)]
+    campaign = {"name": "Spring sale", "channel": "sms", "audience": {"tags_any": ["none"]},
+                "body": "Hi", "start_at": "2099-01-01T00:00:00Z"}
+    launched, draft = [(await api.post(f"{sa}/campaigns", headers=h, json={
+        **campaign, "sender_ids": [s]})).json()["id"] for s in senders[:2]]
+    assert (await api.post(f"{sa}/campaigns/{launched}/launch", headers=h)).status_code == 200
+
+    in_use = await api.delete(f"{sa}/senders/{senders[0]}", headers=h)
+    assert_problem(in_use, 409, "sender_in_use")
+    assert f"'Spring sale' (scheduled, {launched})" in in_use.json()["detail"]
+    assert (await api.get(f"{sa}/senders/{senders[0]}", headers=h)).status_code == 200
+    # A draft does not hold its sender; launching it afterwards says what happened.
+    assert (await api.delete(f"{sa}/senders/{senders[1]}", headers=h)).status_code == 204
+    assert_problem(await api.post(f"{sa}/campaigns/{draft}/launch", headers=h), 409, "no_sender")
+    # Once the campaign is canceled, its sender goes.
+    assert (await api.post(f"{sa}/campaigns/{launched}/cancel", headers=h)).status_code == 200
+    assert (await api.delete(f"{sa}/senders/{senders[0]}", headers=h)).status_code == 204

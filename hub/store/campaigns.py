@@ -37,6 +37,17 @@ async def get(conn: Conn, sub_account_id: UUID, id_: UUID, *, lock: bool = False
     return dict(row) if row else None
 
 
+async def using_sender(conn: Conn, sub_account_id: UUID, sender_id: UUID) -> list[Row]:
+    """The launched campaigns not yet completed or canceled whose sender pool holds
+    `sender_id`. (A draft checks its senders when it is launched.)"""
+    rows = await conn.fetch(
+        """SELECT id, name, status FROM campaigns
+           WHERE sub_account_id = $1 AND $2 = ANY(sender_ids)
+             AND status IN ('scheduled', 'running', 'paused')
+           ORDER BY created_at""", sub_account_id, sender_id)
+    return [dict(r) for r in rows]
+
+
 async def list_page(conn: Conn, sub_account_id: UUID, status: str | None,
                     cursor: Cursor | None, limit: int) -> list[Row]:
     cond, args = keyset_clause(cursor, 3)
