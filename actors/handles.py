@@ -58,12 +58,14 @@ class ActorHandles:
         """The lease owner of the Sender shard that sends `channel` for `slot`."""
         return sender_owner(*sender_shard(self.sender_ring, channel, slot))
 
-    async def submit(self, channel: str, slot: int, message_ids: list[str]) -> bool:
+    async def submit(self, channel: str, slot: int,
+                     messages: list[str] | list[dict[str, Any]]) -> bool:
         """Best effort; False when the shard could not be reached (the caller gives the
-        leases back, so that the shard's claims find the messages at once)."""
+        leases back, so that the shard's claims find the messages at once). `messages`:
+        ids, or lane rows (`SenderCore.submit`)."""
         name = sender_name(*sender_shard(self.sender_ring, channel, slot))
         try:
-            await self._call(name, "submit", message_ids, timeout=10)
+            await self._call(name, "submit", messages, timeout=10)
             return True
         except Exception as exc:
             log.warning("hand-off to sender shard failed; it will claim the message itself",

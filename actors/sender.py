@@ -125,17 +125,22 @@ class SenderCore:
 
     # --- intake ------------------------------------------------------------------------
 
-    async def submit(self, message_ids: Sequence[str]) -> int:
+    async def submit(self, messages: Sequence[str] | Sequence[Mapping[str, Any]]) -> int:
         """The hand-off (the gateway's sends, the scheduler's new messages): queue these
-        messages now. Those created already leased to this shard are only read; others are
-        leased here. Bulk ones beyond the backlog bound are given back at once, so claims
-        take them in order later; replies and transactional ones are always kept.
-        Idempotent."""
-        ids = [UUID(m) for m in message_ids if m not in self.lanes]
-        if not ids:
-            return 0
+        messages now. A message comes as its id or, from a creator that has them (the
+        gateway), as its lane columns (`store.lane_row`), which are not read back. Ids
+        created already leased to this shard are only read; others are leased here. Either
+        way only `begin_sending`, under this shard's lease, lets one leave. Bulk ones beyond
+        the backlog bound are given back at once, so claims take them in order later;
+        replies and transactional ones are always kept. Idempotent."""
+        rows = [dict(m) for m in messages
+                if not isinstance(m, str) and str(m["id"]) not in self.lanes]
+        ids = [UUID(m) for m in messages if isinstance(m, str) and m not in self.lanes]
         config = self.config
-        rows = await store.adopt(self.pool, config.owner, ids, config.lease_s)
+        if ids:
+            rows += await store.adopt(self.pool, config.owner, ids, config.lease_s)
+        if not rows:
+            return 0
         room = max(0, config.max_backlog - len(self.lanes))
         bulk = [r for r in rows if r["priority"] == "bulk"]
         if len(bulk) > room:
@@ -191,13 +196,15 @@ class SenderCore:
         items = []
         for r in rows:
             delay = (r["not_before"] - wall).total_seconds() if r["not_before"] else 0.0
+            lease_left = ((r["lease_expires_at"] - wall).total_seconds()
+                          if r["lease_expires_at"] else 0.0)
             items.append(Outbound(
                 message_id=str(r["id"]), sub_account_id=str(r["sub_account_id"]),
                 priority=r["priority"], path=self._path(r),
                 cost=max(1, int(r["segments"] or 1)) if r["channel"] in ("sms", "mms") else 1,
                 not_before=now + max(0.0, delay), attempt=int(r["attempts"] or 0),
                 campaign_id=str(r["campaign_id"]) if r["campaign_id"] else None,
-                leased_at=now - max(0.0, self.config.lease_s - (r["lease_left"] or 0.0))))
+                leased_at=now - max(0.0, self.config.lease_s - lease_left)))
         added = self.lanes.push(items, now)
         if added:
             self._wake.set()

@@ -31,16 +31,29 @@ async def get_principal(
     with CSRF and the user's role checked for this route (gateway/sessions.py)."""
     if authorization is None and sessions.COOKIE in request.cookies:
         return await sessions.principal(request)
-    return await authenticate(hub.pool, authorization)
+    principal, request.state.sub_account = await authenticate(
+        hub.pool, authorization, _route_sub_account(request))
+    return principal
+
+
+def _route_sub_account(request: Request) -> UUID | None:
+    """The route's `{sa}`, read with the API key in the same round trip (`get_sub_account`
+    checks it; a malformed one is its 422)."""
+    try:
+        return UUID(request.path_params["sa"])
+    except (KeyError, ValueError):
+        return None
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 async def get_sub_account(
-    hub: HubDep, principal: PrincipalDep, sa: Annotated[UUID, Path(description="sub-account id")]
+    hub: HubDep, principal: PrincipalDep, request: Request,
+    sa: Annotated[UUID, Path(description="sub-account id")],
 ) -> dict[str, Any]:
-    return await sub_account_for(hub.pool, principal, sa)
+    return await sub_account_for(hub.pool, principal, sa,
+                                 getattr(request.state, "sub_account", None))
 
 
 SubAccountDep = Annotated[dict[str, Any], Depends(get_sub_account)]

@@ -17,6 +17,7 @@ from hub.sender_pool import choose_sender
 from hub.status import CANCELABLE
 from hub.store import contacts as contact_store
 from hub.store import messaging
+from hub.store import sending as send_store
 
 Row = dict[str, Any]
 SENDER_CHANNEL = {"sms": "sms", "mms": "sms", "email": "email", "voice": "voice"}
@@ -94,7 +95,7 @@ async def _sender_and_suppression(conn: Any, sa: Row, channel: str, address: str
     and the sub-account's slot, in one round trip (at least one row: a sub-account without
     senders gets nulls)."""
     rows = await conn.fetch(
-        """SELECT s.id, s.address, s.provider_account_id, s.kind, x.suppressed, x.slot
+        """SELECT s.id, s.address, s.provider_account_id, s.kind, s.mps, x.suppressed, x.slot
            FROM (SELECT EXISTS (SELECT 1 FROM suppressions WHERE sub_account_id = $1
                      AND channel = $2 AND address = $3 AND removed_at IS NULL) AS suppressed,
                  (SELECT slot FROM sub_accounts WHERE id = $1) AS slot) x
@@ -141,13 +142,19 @@ _PERSIST = f"""
                'queued', $13, $14, s.slot, p.provider, $15, $18,
                CASE WHEN $18::text IS NOT NULL THEN now() + make_interval(secs => $19) END
         FROM conv, sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $6
-        RETURNING {messaging.MESSAGE_COLS}, slot),
+        RETURNING {messaging.MESSAGE_COLS}, slot, lease_expires_at),
     h AS (
         INSERT INTO message_events (message_id, sub_account_id, status)
         SELECT id, sub_account_id, 'queued' FROM m)
     SELECT m.*, {", ".join(f"conv.{c} AS conv_{c}"
                            for c in messaging.CONVERSATION_COLS.split(", "))}
     FROM m, conv"""
+
+
+def public(message: Row) -> Row:
+    """A created message as the API and the event log show it: without the hand-off's
+    `slot` and `lane` (its Sender shard's lane columns)."""
+    return {k: v for k, v in message.items() if k not in ("slot", "lane")}
 
 
 async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "transactional",
@@ -158,7 +165,9 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
     (STOP confirmation, HELP answer): the only kind sent to a suppressed recipient.
     `lease_to` names the Sender shard that sends a (channel, slot) when the caller hands the
     message to it: the message is created leased to that shard, which then adopts it
-    without writing it again. Without it (no actors) the message is created unleased."""
+    without writing or reading it again. Without it (no actors) the message is created
+    unleased. Returns the message with its `slot` and `lane` for the hand-off (`public`
+    leaves them out)."""
     channel = req["channel"]
     body = req.get("body") or ""
     media = list(req.get("media_urls") or [])
@@ -183,13 +192,14 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
             SENDER_CHANNEL[channel], body or req.get("subject") or "",
             lease_to(channel, slot) if lease_to else None, hub.settings.lease_s)
         message = {k: v for k, v in row.items() if not k.startswith("conv_")}
+        message["lane"] = send_store.lane_row(message, sender,
+                                              message.pop("lease_expires_at"))
         conversation = {k[5:]: v for k, v in row.items() if k.startswith("conv_")}
         if conversation_id is not None and conversation["id"] != conversation_id:
             raise ValidationFailed.field("channel", "this conversation is on another channel",
                                          "channel_mismatch")
         topic = f"conversation:{conversation['id']}"
-        snapshot = {k: v for k, v in message.items() if k != "slot"}
-        tx.emit(sa["id"], "message.created", snapshot, topic)
+        tx.emit(sa["id"], "message.created", public(message), topic)
         tx.emit(sa["id"], "conversation.updated", conversation, topic)
     return message
 

@@ -23,6 +23,7 @@ from actors.sender import SenderConfig, SenderCore
 from actors.shells import adapters_for
 from hub import actions, sending
 from hub.context import Hub
+from hub.store import sending as send_store
 from tests.test_scheduler_tick import _campaigns, _principal
 from tests.test_sending import carrier, carrier_log, carrier_requests, wait_for
 
@@ -104,6 +105,34 @@ async def test_a_handed_off_message_is_adopted_without_a_write(
         await _sent_once(carrier_log, m["to_address"])
     assert await hub.pool.fetchval("SELECT status FROM messages WHERE id = $1",
                                    m["id"]) == "sent"
+
+
+async def test_a_handed_lane_row_is_queued_unread_and_sent_only_under_its_lease(
+    hub: Hub, carrier: Any, carrier_log: httpx.AsyncClient
+) -> None:
+    """The gateway hands the shard the lane columns it would have read; the shard queues
+    them as given, and the `sending` UPDATE's lease check still decides what leaves."""
+    slot = 9_106
+    owner, other_owner = sender_owner("sms", 0), sender_owner("sms", 1)
+    sa = await _sub_account(hub, carrier.url, slot)
+    m = await _send(hub, sa, owner)
+    assert "lane" not in sending.public(m) and "slot" not in sending.public(m)
+    assert [m["lane"]] == await send_store.adopt(hub.pool, owner, [m["id"]],
+                                                 hub.settings.lease_s)
+    stale = await _send(hub, sa, other_owner)  # leased to another shard (a stale ring)
+    version = await hub.pool.fetchval("SELECT xmin::text FROM messages WHERE id = $1",
+                                      stale["id"])
+
+    core = _core(hub, owner, slot)
+    assert await core.submit([m["lane"], stale["lane"]]) == 2  # as given: nothing read
+    assert await core.submit([m["lane"]]) == 0  # a replayed hand-off adds nothing
+    async with _running(core):
+        await _sent_once(carrier_log, m["to_address"])
+    assert not [q for q in await carrier_requests(carrier_log)
+                if q["to"] == stale["to_address"]]
+    row = await hub.pool.fetchrow(
+        "SELECT status, lease_owner, xmin::text AS v FROM messages WHERE id = $1", stale["id"])
+    assert (row["status"], row["lease_owner"], row["v"]) == ("queued", other_owner, version)
 
 
 async def test_bulk_beyond_the_backlog_bound_is_given_back_for_claims(hub: Hub) -> None:

@@ -45,14 +45,13 @@ async def _hand_off(hub: Hub, request: Request, response: JSONResponse,
     actors = getattr(request.app.state, "actors", None)
     if actors is None or not message or response.headers.get("Idempotent-Replayed"):
         return
-    ids = [str(message["id"])]
-    if not await actors.submit(message["channel"], message["slot"], ids):
+    if not await actors.submit(message["channel"], message["slot"], [message["lane"]]):
         owner = actors.owner(message["channel"], message["slot"])
         try:
             await send_store.release(hub.pool, owner, [message["id"]])
         except Exception:  # it is queued all the same: its lease expires, then it is claimed
             log.warning("could not give back the lease of a message not handed off",
-                        exc_info=True, extra={"message_id": ids[0]})
+                        exc_info=True, extra={"message_id": str(message["id"])})
 
 
 def _req(body: MessageIn | ReplyIn) -> dict[str, Any]:
@@ -76,7 +75,7 @@ async def send_message(hub: HubDep, principal: PrincipalDep, sub_account: SubAcc
         message = await sending.do_send_message(hub, sub_account, _req(body),
                                                 lease_to=_lease_to(request))
         created.update(message)
-        return 202, MessageOut(**{k: v for k, v in message.items() if k != "slot"})
+        return 202, MessageOut(**sending.public(message))
 
     response = await idempotency.run(hub, principal, _require_key(key), "POST",
                                      request.url.path, body, work)
@@ -105,7 +104,7 @@ async def reply(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep
                                                 conversation_id=conversation_id,
                                                 lease_to=_lease_to(request))
         created.update(message)
-        return 202, MessageOut(**{k: v for k, v in message.items() if k != "slot"})
+        return 202, MessageOut(**sending.public(message))
 
     response = await idempotency.run(hub, principal, _require_key(key), "POST",
                                      request.url.path, body, work)

@@ -23,10 +23,22 @@ Row = dict[str, Any]
 #: What a sender shard needs to place a message in a lane and its rate-limit path.
 LANE_COLS = """m.id, m.sub_account_id, m.priority, m.campaign_id, m.sender_id,
     m.provider_account_id, m.segments, m.attempts, m.not_before, m.channel,
-    s.mps AS sender_mps, c.rate_cap AS campaign_rate,
-    extract(epoch FROM m.lease_expires_at - now())::float8 AS lease_left"""
+    s.mps AS sender_mps, c.rate_cap AS campaign_rate, m.lease_expires_at"""
 LANE_JOIN = """LEFT JOIN senders s ON s.id = m.sender_id
     LEFT JOIN campaigns c ON c.id = m.campaign_id"""
+
+
+def lane_row(message: Row, sender: Row, lease_expires_at: datetime | None) -> Row:
+    """The LANE_COLS of a message just created by a send or a reply (no campaign, never
+    attempted), from what its creator holds: handed to the shard in place of the id, so
+    that the shard does not read the message back. The shard's `sending` UPDATE still
+    checks the lease, whatever the row says."""
+    return {"id": message["id"], "sub_account_id": message["sub_account_id"],
+            "priority": message["priority"], "campaign_id": None, "sender_id": sender["id"],
+            "provider_account_id": sender["provider_account_id"],
+            "segments": message["segments"], "attempts": 0, "not_before": None,
+            "channel": message["channel"], "sender_mps": sender["mps"], "campaign_rate": None,
+            "lease_expires_at": lease_expires_at}
 
 
 async def lease_queued(conn: Conn, owner: str, channels: list[str], slots: list[int],

@@ -47,20 +47,33 @@ async def insert_api_key(
     return dict(row)
 
 
-async def find_api_key(conn: Conn, key_hash: bytes) -> Row | None:
+_SA_COLS = SUB_ACCOUNT_COLS.split(", ")
+
+
+async def find_api_key(conn: Conn, key_hash: bytes,
+                       sub_account_id: UUID | None = None) -> Row | None:
+    """The live key of this hash; its "sub_account" is the row of `sub_account_id` read in
+    the same round trip (None when there is none or no id was given). Whether the key may
+    act on that sub-account is the caller's check (`hub.tenancy.sub_account_for`)."""
     # Touch last_used_at at most once a minute so that hot keys do not write on every call.
     row = await conn.fetchrow(
-        """WITH k AS (
+        f"""WITH k AS (
                SELECT id, agency_id, sub_account_id, last_used_at FROM api_keys
                WHERE key_hash = $1 AND revoked_at IS NULL),
            touch AS (
                UPDATE api_keys SET last_used_at = now() FROM k
                WHERE api_keys.id = k.id
                  AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'))
-           SELECT id, agency_id, sub_account_id FROM k""",
-        key_hash,
+           SELECT k.id, k.agency_id, k.sub_account_id,
+                  {", ".join(f"sa.{c} AS sa_{c}" for c in _SA_COLS)}
+           FROM k LEFT JOIN sub_accounts sa ON sa.id = $2""",
+        key_hash, sub_account_id,
     )
-    return dict(row) if row else None
+    if row is None:
+        return None
+    sub_account = {c: row[f"sa_{c}"] for c in _SA_COLS} if row["sa_id"] is not None else None
+    return {"id": row["id"], "agency_id": row["agency_id"],
+            "sub_account_id": row["sub_account_id"], "sub_account": sub_account}
 
 
 async def list_api_keys(conn: Conn, sub_account_id: UUID, cursor: Cursor | None,
