@@ -111,9 +111,9 @@ class HandOff:
 
     #: (channel, slot) -> the lease owner of the Sender shard that sends it.
     owner: Callable[[str, int], str]
-    #: {lease owner: message ids}: hand the ids to those shards (after the commit); returns
-    #: the owners that could not be reached.
-    send: Callable[[dict[str, list[str]]], Awaitable[list[str]]]
+    #: {lease owner: lane rows (`store.sending.lane_row`)}: hand the messages to those shards
+    #: (after the commit); returns the owners that could not be reached.
+    send: Callable[[dict[str, list[dict[str, Any]]]], Awaitable[list[str]]]
     #: Messages a Sender shard's lanes hold at most: a campaign's window stays within it,
     #: so what is handed off fits (a shard gives back what does not).
     room: int
@@ -140,6 +140,7 @@ class _Plan:
         seg = count_segments(body) if c["channel"] in ("sms", "mms") else None
         sender = self.senders[choose_sender(str(r["contact_id"]), self.sender_ids)]
         return {"id": message_id_for(c["id"], r["contact_id"]), "campaign_id": c["id"],
+                "priority": "bulk",
                 "sub_account_id": c["sub_account_id"], "contact_id": r["contact_id"],
                 "conv_channel": self.conv_channel, "channel": c["channel"],
                 "sender_id": sender["id"], "provider_account_id": sender["provider_account_id"],
@@ -323,19 +324,25 @@ class SchedulerCore:
             await store.defer(conn, deferred)
             await store.skip(conn, skipped)
             created = await store.create_messages(conn, messages, self.lease_s)
+        made = {m["id"]: m for m in messages}
         if hand_off is not None and created:
-            by_owner: dict[str, list[str]] = defaultdict(list)
-            for m in created:
-                by_owner[m["lease_owner"]].append(str(m["id"]))
+            # Each shard gets the lane columns of its messages, so it reads none back.
+            by_owner: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for row in created:
+                m = made[row["id"]]
+                plan = plans[m["campaign_id"]]
+                by_owner[row["lease_owner"]].append(send_store.lane_row(
+                    m, plan.senders[str(m["sender_id"])], row["lease_expires_at"],
+                    plan.c["rate_cap"]))
             try:
                 # Leases of shards not reached go back, so claims take the messages at once.
                 for owner in await hand_off.send(by_owner):
                     await send_store.release(self.pool, owner,
-                                             [UUID(i) for i in by_owner[owner]])
+                                             [r["id"] for r in by_owner[owner]])
             except Exception as exc:  # the leases expire and the shards claim them
                 log.warning("hand-off to sender shards failed", extra={
                     "owner": self.owner, "error": f"{type(exc).__name__}: {exc}"})
-        return dict(Counter(m["campaign_id"] for m in created))
+        return dict(Counter(made[row["id"]]["campaign_id"] for row in created))
 
     async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int]) -> bool:
         """Feed the outcomes since the last look into the campaign's failure window; pause

@@ -114,9 +114,9 @@ class SenderShell(_Shell):
         log.info("sender shard started", extra={"owner": config.owner,
                                                 "slots": len(config.slots)})
 
-    async def submit(self, message_ids: list[str]) -> int:
+    async def submit(self, messages: list[str] | list[dict[str, Any]]) -> int:
         await self._ensure()
-        result: int = await self.core.submit(message_ids)
+        result: int = await self.core.submit(messages)
         return result
 
     async def cancel(self, message_ids: list[str]) -> list[str]:
@@ -153,7 +153,7 @@ def sender_hand_off(sender_shards: int) -> Any:
     def owner(channel: str, slot: int) -> str:
         return sender_owner(*sender_shard(ring, channel, slot))
 
-    async def send(by_owner: dict[str, list[str]]) -> list[str]:
+    async def send(by_owner: dict[str, list[dict[str, Any]]]) -> list[str]:
         owners = list(by_owner)
         results = await asyncio.gather(
             *(ray_api.call_named(handles, names[o], "submit", by_owner[o], timeout=10)

@@ -185,9 +185,9 @@ async def test_the_scheduler_creates_leased_messages_and_hands_off_those_it_inse
 ) -> None:
     slot = 9_104
     (c,) = await _campaigns(hub, await _principal(hub), 1, slot)
-    handed: list[dict[str, list[str]]] = []
+    handed: list[dict[str, list[dict[str, Any]]]] = []
 
-    async def send(by_owner: dict[str, list[str]]) -> list[str]:
+    async def send(by_owner: dict[str, list[dict[str, Any]]]) -> list[str]:
         handed.append(by_owner)
         return []
 
@@ -198,7 +198,11 @@ async def test_the_scheduler_creates_leased_messages_and_hands_off_those_it_inse
         """SELECT id, lease_owner, lease_expires_at > now() + interval '20 s' AS live
            FROM messages WHERE campaign_id = $1""", c["id"])
     assert (message["lease_owner"], message["live"]) == (f"sender:sms:{slot}", True)
-    assert handed == [{f"sender:sms:{slot}": [str(message["id"])]}]
+    # Handed off as its lane columns: what the shard would otherwise read back.
+    read = await hub.pool.fetchrow(
+        f"SELECT {send_store.LANE_COLS} FROM messages m {send_store.LANE_JOIN} WHERE m.id = $1",
+        message["id"])
+    assert handed == [{f"sender:sms:{slot}": [dict(read)]}]
     recipients = {r["status"] for r in await hub.pool.fetch(
         "SELECT status FROM campaign_recipients WHERE campaign_id = $1", c["id"])}
     assert recipients == {"queued", "skipped", "pending"}
@@ -221,7 +225,7 @@ async def test_leases_go_back_when_the_shard_cannot_be_reached(hub: Hub) -> None
     slot = 9_105
     (c,) = await _campaigns(hub, await _principal(hub), 1, slot)
 
-    async def send(by_owner: dict[str, list[str]]) -> list[str]:
+    async def send(by_owner: dict[str, list[dict[str, Any]]]) -> list[str]:
         return list(by_owner)  # no shard reached
 
     core = SchedulerCore("scheduler:test9105", (slot,), hub.pool, hub.redis, lease_s=30.0,

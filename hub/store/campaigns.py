@@ -257,8 +257,8 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
                           lease_s: float) -> list[Row]:
     """Create the claimed recipients' messages (queued, bulk), of any number of campaigns,
     with their conversations, and mark the recipients queued; returns the messages created
-    (id, campaign_id, lease_owner). A message with a `lease_owner` is created leased to that
-    Sender shard for `lease_s`, so the shard adopts it without writing it again. The
+    (id, lease_owner, lease_expires_at). A message with a `lease_owner` is created leased to
+    that Sender shard for `lease_s`, so the shard takes it without writing it again. The
     message id is derived from (campaign, contact), and the unique (campaign_id,
     contact_id) index makes a second attempt a no-op: one message per recipient, whatever
     restarts in between."""
@@ -294,7 +294,7 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
                 AS u(id, campaign_id, sub_account_id, conv_channel, contact_id, channel,
                      sender_id, provider_account_id, from_address, to_address, subject, body,
                      voice, segments, encoding, slot, lease_owner)
-           ON CONFLICT DO NOTHING RETURNING id, campaign_id, lease_owner""",
+           ON CONFLICT DO NOTHING RETURNING id, lease_owner, lease_expires_at""",
         *(col[k] for k in ("id", "campaign_id", "sub_account_id", "conv_channel", "contact_id",
                            "channel", "sender_id", "provider_account_id", "from_address",
                            "to_address", "subject", "body", "voice", "segments", "encoding",

@@ -28,17 +28,18 @@ LANE_JOIN = """LEFT JOIN senders s ON s.id = m.sender_id
     LEFT JOIN campaigns c ON c.id = m.campaign_id"""
 
 
-def lane_row(message: Row, sender: Row, lease_expires_at: datetime | None) -> Row:
-    """The LANE_COLS of a message just created by a send or a reply (no campaign, never
-    attempted), from what its creator holds: handed to the shard in place of the id, so
-    that the shard does not read the message back. The shard's `sending` UPDATE still
-    checks the lease, whatever the row says."""
+def lane_row(message: Row, sender: Row, lease_expires_at: datetime | None,
+             campaign_rate: float | None = None) -> Row:
+    """The LANE_COLS of a message just created (never attempted) from what its creator
+    holds (a send or a reply, a campaign's scheduler): handed to the shard in place of the
+    id, so that the shard does not read the message back. The shard's `sending` UPDATE
+    still checks the lease, whatever the row says."""
     return {"id": message["id"], "sub_account_id": message["sub_account_id"],
-            "priority": message["priority"], "campaign_id": None, "sender_id": sender["id"],
-            "provider_account_id": sender["provider_account_id"],
+            "priority": message["priority"], "campaign_id": message.get("campaign_id"),
+            "sender_id": sender["id"], "provider_account_id": sender["provider_account_id"],
             "segments": message["segments"], "attempts": 0, "not_before": None,
-            "channel": message["channel"], "sender_mps": sender["mps"], "campaign_rate": None,
-            "lease_expires_at": lease_expires_at}
+            "channel": message["channel"], "sender_mps": sender["mps"],
+            "campaign_rate": campaign_rate, "lease_expires_at": lease_expires_at}
 
 
 async def lease_queued(conn: Conn, owner: str, channels: list[str], slots: list[int],
