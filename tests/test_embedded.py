@@ -64,25 +64,23 @@ def _exit(older: subprocess.Popen[str]) -> None:
     assert older.wait(30) == 0
 
 
-def test_fresh_folder_runs_the_settings_from_its_first_start(tmp_path: Path) -> None:
-    services, running = _hub_start(tmp_path / "pg")
+def _starts_configured(pgdata: Path) -> None:
+    services, running = _hub_start(pgdata)
     try:
         assert running.shown == PG_SETTINGS
         assert not running.pending
     finally:
         services.stop()
+
+
+def test_fresh_folder_runs_the_settings_from_its_first_start(tmp_path: Path) -> None:
+    _starts_configured(tmp_path / "pg")
 
 
 def test_stopped_folder_of_an_older_hub_gets_the_settings(tmp_path: Path) -> None:
     older, _ = _older_hub(tmp_path / "pg")
     _exit(older)  # its only user gone, the server stopped
-
-    services, running = _hub_start(tmp_path / "pg")
-    try:
-        assert running.shown == PG_SETTINGS
-        assert not running.pending
-    finally:
-        services.stop()
+    _starts_configured(tmp_path / "pg")
 
 
 def test_server_an_older_hub_holds_gets_the_settings_without_a_restart(tmp_path: Path) -> None:
