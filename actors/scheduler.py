@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 
 from hub import events
 from hub.campaigns import FailureWindow, transition
+from hub.errors import ValidationFailed
 from hub.segments import count_segments
 from hub.sender_pool import choose_sender
 from hub.store import campaigns as store
@@ -289,6 +290,16 @@ class SchedulerCore:
         sending window is closed, skip those without an address or opted out since launch,
         render the rest and create their messages; then hand the messages created to their
         Sender shards."""
+        plans: dict[UUID, _Plan] = {}
+        for c, _ in wants:
+            try:
+                plans[c["id"]] = _Plan(c, self._senders[c["id"]][1])
+            except ValidationFailed as exc:  # valid at its creation; a later parser disagrees
+                await self._auto_pause(c, f"its template cannot be rendered ({exc.detail}); "
+                                          "create the campaign again with a valid template")
+        wants = [(c, n) for c, n in wants if c["id"] in plans]
+        if not wants:
+            return {}
         by_campaign = {c["id"]: c for c, _ in wants}
         hand_off = self.hand_off
         async with self.pool.acquire() as conn, conn.transaction():
@@ -299,12 +310,9 @@ class SchedulerCore:
             deferred: list[tuple[UUID, UUID, datetime]] = []
             skipped: list[tuple[UUID, UUID, str]] = []
             messages: list[dict[str, Any]] = []
-            plans: dict[UUID, _Plan] = {}
             for r in due:
                 c = by_campaign[r["campaign_id"]]
-                plan = plans.get(c["id"])
-                if plan is None:
-                    plan = plans[c["id"]] = _Plan(c, self._senders[c["id"]][1])
+                plan = plans[c["id"]]
                 email = c["channel"] == "email"
                 to = r["email"] if email else r["phone"]
                 if not to:
@@ -365,7 +373,11 @@ class SchedulerCore:
             return False
         errors = {str(e["error_code"]): int(e["n"])
                   for e in await store.top_errors(self.pool, c["id"])}
-        reason = window.reason(errors)
+        await self._auto_pause(c, window.reason(errors))
+        return True
+
+    async def _auto_pause(self, c: dict[str, Any], reason: str) -> None:
+        """Pause a running campaign on the scheduler's own judgement, saying why."""
         status = transition(c["status"], "auto_pause")
         async with self.pool.acquire() as conn, conn.transaction():
             await store.unqueue(conn, c["id"])
@@ -375,7 +387,6 @@ class SchedulerCore:
         self._forget(c["id"])
         log.warning("campaign paused automatically", extra={"campaign_id": str(c["id"]),
                                                              "reason": reason})
-        return True
 
     async def _start(self, campaigns: list[dict[str, Any]]) -> None:
         """Scheduled campaigns whose start time came begin running."""

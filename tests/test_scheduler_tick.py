@@ -206,3 +206,27 @@ async def test_messages_carry_their_campaign_content(hub: Hub) -> None:
         "slot": 5004, "from_address": sender["address"],
         "provider_account_id": provider["id"], "conversation_channel": "sms"}
     assert got[sms[0]["id"]]["channel"] == "sms" and got[sms[0]["id"]]["media_urls"] in ([], None)
+
+
+async def test_a_campaign_whose_template_no_longer_parses_pauses_and_the_rest_go_on(
+        hub: Hub) -> None:
+    """A template valid when the campaign was created may not parse later (a newer hub's
+    parser, a restored row): that campaign pauses and says why, and the shard's other
+    campaigns, filled in the same transaction, still get their messages."""
+    broken, fine = await _campaigns(hub, await _principal(hub), 2, 5005, quiet=False)
+    await hub.pool.execute("UPDATE campaigns SET body = 'Hi {{first_name' WHERE id = $1",
+                           broken["id"])
+    core = SchedulerCore("scheduler:test5005", (5005,), hub.pool, hub.redis)
+    assert await core.tick() == 1  # the fine campaign's open-window contact
+    rows = {r["id"]: r for r in await hub.pool.fetch(
+        "SELECT id, status, paused_reason FROM campaigns WHERE id = ANY($1::uuid[])",
+        [broken["id"], fine["id"]])}
+    assert rows[fine["id"]]["status"] == "running"
+    assert rows[broken["id"]]["status"] == "paused"
+    assert "template cannot be rendered" in rows[broken["id"]]["paused_reason"]
+    # Nothing of the paused campaign was sent, skipped or lost: its recipients wait.
+    assert await hub.pool.fetchval(
+        "SELECT count(*) FROM messages WHERE campaign_id = $1", broken["id"]) == 0
+    assert {r["status"] for r in await hub.pool.fetch(
+        "SELECT status FROM campaign_recipients WHERE campaign_id = $1", broken["id"])} == {
+        "pending"}
