@@ -30,6 +30,13 @@ async def _created_events(hub: Hub, sa: str) -> int:
         UUID(sa)))
 
 
+def _send(tenant: Tenant, key: str, text: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The send route, its headers with `key`, and a body texting `text` to TO."""
+    return (f"/v1/sub-accounts/{tenant.sa1}/messages",
+            {**auth(tenant.sa1_key), "Idempotency-Key": key},
+            {"channel": "sms", "to": TO, "body": text})
+
+
 async def _sent_once(hub: Hub, tenant: Tenant, carrier_log: httpx.AsyncClient) -> str:
     """The one message of the sub-account, once the carrier has it; checks one request."""
     async def sent() -> list[Any] | None:
@@ -48,9 +55,7 @@ async def test_racing_sends_with_one_key_make_one_message_and_one_carrier_reques
     carrier_log: httpx.AsyncClient
 ) -> None:
     await setup_sms(api, tenant, carrier.url)
-    url = f"/v1/sub-accounts/{tenant.sa1}/messages"
-    h = {**auth(tenant.sa1_key), "Idempotency-Key": "race"}
-    body = {"channel": "sms", "to": TO, "body": "one of eight"}
+    url, h, body = _send(tenant, "race", "one of eight")
     rs = await asyncio.gather(*[api.post(url, headers=h, json=body) for _ in range(8)])
     assert [r.status_code for r in rs] == [202] * 8, [r.text for r in rs]
     assert len({r.json()["id"] for r in rs}) == 1
@@ -65,9 +70,7 @@ async def test_a_retry_replays_and_another_body_is_refused(
     carrier_log: httpx.AsyncClient
 ) -> None:
     await setup_sms(api, tenant, carrier.url)
-    url = f"/v1/sub-accounts/{tenant.sa1}/messages"
-    h = {**auth(tenant.sa1_key), "Idempotency-Key": "retry"}
-    body = {"channel": "sms", "to": TO, "body": "once"}
+    url, h, body = _send(tenant, "retry", "once")
     first = await api.post(url, headers=h, json=body)
     assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
     again = await api.post(url, headers=h, json=body)
@@ -83,9 +86,7 @@ async def test_a_failed_send_leaves_its_key_free_for_the_retry(
     hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,
     carrier_log: httpx.AsyncClient
 ) -> None:
-    url = f"/v1/sub-accounts/{tenant.sa1}/messages"
-    h = {**auth(tenant.sa1_key), "Idempotency-Key": "after-setup"}
-    body = {"channel": "sms", "to": TO, "body": "when ready"}
+    url, h, body = _send(tenant, "after-setup", "when ready")
     refused = await api.post(url, headers=h, json=body)  # no sender yet
     assert_problem(refused, 422, field="channel")
     assert await hub.pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
