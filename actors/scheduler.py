@@ -35,6 +35,7 @@ from uuid import UUID
 import asyncpg
 import redis.asyncio as aioredis
 
+from actors.loops import round_failed
 from hub import events
 from hub.campaigns import FailureWindow, transition
 from hub.errors import ValidationFailed
@@ -455,11 +456,9 @@ class SchedulerCore:
         while not stop.is_set():
             try:
                 created = await self.tick()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("scheduler tick error; retrying", extra={
-                    "owner": self.owner, "error": f"{type(exc).__name__}: {exc}"})
+            except Exception as exc:
+                await round_failed(log, "scheduler tick", self.owner, exc)
                 created = 0
-                await asyncio.sleep(1.0)
             if created == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(),

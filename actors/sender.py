@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from actors.lanes import Lanes, Outbound
 from actors.limiter import LimitKey, NestedLimiter
+from actors.loops import round_failed
 from actors.metrics import Metrics
 from channels.base import (
     ChannelAdapter,
@@ -471,10 +472,8 @@ class SenderCore:
                     for key in [k for k, t in self._next_free.items() if t <= now]:
                         del self._next_free[key]  # in place: sends in flight share it
                 await self.pump()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("sender shard loop error; retrying", extra={
-                    "owner": config.owner, "error": f"{type(exc).__name__}: {exc}"})
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                await round_failed(log, "sender shard round", config.owner, exc)
             self.metrics.lane_depth(config.owner, len(self.lanes))
             timeout = config.claim_interval_s
             wake = None if self._starved else self.lanes.next_wakeup(self.clock())
