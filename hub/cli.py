@@ -254,6 +254,13 @@ def bench_import_cmd(
     console.print(f"import: {result['rows']:,.0f} rows in {result['import_seconds']:.2f} s = "
                   f"{result['import_rows_per_s']:,.0f} rows/s "
                   f"(created {result['created']:,.0f}, errors {result['errors']:,.0f})")
+    console.print(f"  validated in {result['workers']:.0f} processes; event-loop lag meanwhile "
+                  f"p50 / p99 / max {result['loop_lag_p50_ms']:.1f} / "
+                  f"{result['loop_lag_p99_ms']:.1f} / {result['loop_lag_max_ms']:.1f} ms")
+    console.print(f"  in one process: {result['one_process_import_seconds']:.2f} s; lag "
+                  f"{result['one_process_loop_lag_p50_ms']:.1f} / "
+                  f"{result['one_process_loop_lag_p99_ms']:.1f} / "
+                  f"{result['one_process_loop_lag_max_ms']:.1f} ms")
     console.print(f"  parse+validate alone: {result['parse_validate_seconds']:.2f} s")
     console.print(f"  raw COPY baseline: {result['raw_copy_rows_per_s']:,.0f} rows/s; "
                   f"import/raw = {result['import_vs_raw_copy']:.2f}")

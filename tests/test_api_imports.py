@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from hub import imports
 from hub.bench import contacts_csv
 from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth
@@ -118,3 +119,20 @@ async def test_100k_row_import(hub: Hub, api: httpx.AsyncClient, tenant: Tenant)
                                     tenant.sa1)
     assert count == n - n // 1000
     print(f"\n100k import: {elapsed:.1f} s, {n / elapsed:,.0f} rows/s")
+
+
+def test_a_large_file_is_validated_in_worker_processes_with_the_same_result() -> None:
+    """Rows in file order, row numbers that skip blank lines, errors in order: the same from
+    the worker processes as from one."""
+    lines = contacts_csv(imports.POOL_FROM_ROWS + 2_345, bad_every=997).split(b"\n")
+    source = b"\n".join([*lines[:5_003], b"", b" , ", *lines[5_003:]])  # blank rows mid-file
+    seen: list[int] = []
+    one = imports.parse_csv(source, "US")
+    two = imports.parse_csv(source, "US", seen.append, workers=2)
+    assert two == one
+    records, errors, total = two
+    assert total == imports.POOL_FROM_ROWS + 2_345
+    assert [r[0] for r in records] == [n for n in range(1, total + 1) if n % 997]
+    assert [e[:2] for e in errors] == [(n, "phone") for n in range(997, total + 1, 997)]
+    assert sorted(seen) == seen and seen[-1] == total
+    assert len(seen) == -(-total // imports.PROGRESS_EVERY)  # one report per chunk
