@@ -124,7 +124,11 @@ def _validate(columns: list[str], rows: list[tuple[int, list[str]]], default_reg
         try:
             c = clean_contact(data, default_region)
         except HubError as exc:
-            errors.extend((n, e.field, e.code, e.message) for e in exc.errors)
+            # One error per field and row (the report's key): the first is the precise one
+            # ("too short for its country" before "a contact needs a phone or an email").
+            first = {e.field: e for e in reversed(exc.errors)}
+            errors.extend((n, e.field, e.code, e.message) for e in exc.errors
+                          if first[e.field] is e)
             continue
         records.append((n, c.get("phone"), c.get("email"), c.get("email_key"),
                         c.get("first_name"), c.get("last_name"), c.get("timezone"),

@@ -47,6 +47,7 @@ async def test_import_reports_each_bad_row_and_merges_the_rest(
         b",,Eve,,,\n"                                   # 5 no phone, no email
         b"+12125550006,erin@example.com,Erin,,,silver\n"  # 6 created
         b"+12125550006,,Erin2,,,\n"                     # 7 same phone as 6: later row wins
+        b"12345,,Frank,,,\n"                            # 8 bad phone and so no phone or email
     )
     r = await _upload(api, tenant, csv)
     assert r.status_code == 202, r.text
@@ -54,8 +55,8 @@ async def test_import_reports_each_bad_row_and_merges_the_rest(
     job = await _wait(api, f"/v1/sub-accounts/{tenant.sa1}/contacts/imports/{r.json()['id']}",
                       tenant.sa1_key)
     assert job["status"] == "completed", job
-    assert (job["total_rows"], job["created_rows"], job["updated_rows"]) == (7, 2, 1)
-    assert job["error_rows"] == 4
+    assert (job["total_rows"], job["created_rows"], job["updated_rows"]) == (8, 2, 1)
+    assert job["error_rows"] == 5
     errs = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/contacts/imports/{job['id']}/errors",
                           headers=h)).json()["data"]
     by_row = {(e["row_number"], e["field"]): e["code"] for e in errs}
@@ -63,6 +64,7 @@ async def test_import_reports_each_bad_row_and_merges_the_rest(
     assert by_row[(4, "email")] == "invalid_email"
     assert by_row[(5, "phone")] == "phone_or_email_required"
     assert by_row[(6, "row")] == "superseded"
+    assert by_row[(8, "phone")] == "invalid_phone"  # the precise one of its two phone errors
     ada = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/contacts/{existing.json()['id']}",
                          headers=h)).json()
     assert ada["first_name"] == "Ada" and sorted(ada["tags"]) == ["new", "old", "vip"]
