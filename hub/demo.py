@@ -205,6 +205,7 @@ async def run_demo(settings: Settings, services: Services, console: Console,
     from channels.sandbox_config import CarrierConfig, Latency
     from gateway.app import create_app
     from hub.cli import write_demo_file
+    from hub.webhook_actions import PUBLIC_KEY
 
     data_dir = settings.data_dir.resolve()
     url = f"http://{settings.host}:{settings.port}"
@@ -221,10 +222,23 @@ async def run_demo(settings: Settings, services: Services, console: Console,
                 key = await seed(hub, carrier.url, CONTACTS_PER_SUB_ACCOUNT)
         else:
             key = info["agency_api_key"]
-        # The carrier may have moved to another port since the last run.
+        # The carrier may have moved to another port since the last run, and it signs
+        # SendGrid event batches with a key of its own run.
         await hub.pool.execute("UPDATE provider_accounts SET base_url = $1", carrier.url)
+        await hub.pool.execute(
+            """UPDATE provider_accounts SET config = config || jsonb_build_object($1::text,
+                   $2::text) WHERE provider = 'sendgrid'""", PUBLIC_KEY,
+            carrier.carrier.sendgrid_public_key)
+        # One event webhook for the carrier, as for one SendGrid account: the hub accepts
+        # a batch for the other sub-account's messages because the key is the same.
+        account = await hub.pool.fetchval(
+            "SELECT id FROM provider_accounts WHERE provider = 'sendgrid' ORDER BY created_at")
     finally:
         await hub.close()
+    async with httpx.AsyncClient(base_url=carrier.url) as c:
+        r = await c.post("/sandbox/config", json={
+            "sendgrid_event_url": f"{url}/v1/providers/sendgrid/events?account={account}"})
+        r.raise_for_status()
 
     server = uvicorn.Server(uvicorn.Config(
         create_app(settings, services.database_url, services.redis_url), host=settings.host,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,8 @@ def test_demo_exit_seeds_serves_and_stops_its_servers(data_dir: Path) -> None:
     assert info["url"] == f"http://127.0.0.1:{port}" and info["agency_api_key"].startswith("sbk_")
     assert info["carrier_url"].startswith("http://127.0.0.1:")
     assert "summary" in done.stderr and "sms:" in done.stderr and "email:" in done.stderr
+    # SendGrid's signed event batches reach the hub: emails are seen delivered.
+    assert re.search(r"email: delivered [1-9]", done.stderr), done.stderr[-3000:]
     # Its embedded Redis was stopped on exit (PostgreSQL is checked by the restart below).
     redis_pid = int((data_dir / "redis" / "redis.pid").read_text()) \
         if (data_dir / "redis" / "redis.pid").exists() else None
