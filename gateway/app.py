@@ -24,6 +24,7 @@ from gateway.routes import (
     providers,
     sending,
     suppressions,
+    templates,
     tenants,
     unsubscribe,
     webhooks,
@@ -132,7 +133,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str, *,
     errors.install(app)
     pages.install(app)
     for module in (webhooks, tenants, providers, contacts, messaging, sending, campaigns,
-                   suppressions, events, ops, realtime, unsubscribe):
+                   templates, suppressions, events, ops, realtime, unsubscribe):
         app.include_router(module.router)
     # Provider callbacks, the highest-rate traffic, are served ahead of FastAPI's routing
     # (inside the body limit and the request metrics).

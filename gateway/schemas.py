@@ -439,3 +439,46 @@ class DryRunOut(BaseModel):
     unsendable: int
     warnings: list[str]
     timeline: list[TimelineBucketOut]
+
+
+# --- templates --------------------------------------------------------------------------
+
+
+class TemplateIn(Input):
+    name: str = Field(min_length=1, max_length=200)
+    channel: Literal["sms", "mms", "email", "voice"]
+    body: str = Field("", max_length=100_000, description="text with {{merge_fields}}")
+    subject: str | None = Field(None, max_length=998, description="email only")
+    media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10,
+                                      description="MMS media, or a voice call's audio")
+
+
+class TemplatePatch(Input):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    channel: Literal["sms", "mms", "email", "voice"] | None = None
+    body: str | None = Field(None, max_length=100_000)
+    subject: str | None = Field(None, max_length=998)
+    media_urls: list[HttpUrl] | None = Field(None, max_length=10)
+
+
+class TemplateOut(Output):
+    id: UUID
+    sub_account_id: UUID
+    name: str
+    channel: str
+    body: str
+    subject: str | None
+    media_urls: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplatePreview(BaseModel):
+    contact_id: UUID | None = Field(description="whose fields it was rendered with")
+    body: str
+    subject: str | None
+    characters: int
+    segments: int | None = Field(description="SMS only")
+    encoding: str | None = Field(description="SMS only: GSM-7 or UCS-2")
+    missing: list[str] = Field(description="merge fields blank for this contact")
+    warnings: list[str]

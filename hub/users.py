@@ -61,6 +61,8 @@ ROUTE_ROLES: list[tuple[str, frozenset[Role]]] = [
     ("* /messages*", MARKETING),
     ("GET /campaigns*", ANY),
     ("* /campaigns*", MARKETING),
+    ("GET /templates*", ANY),  # agents read the saved texts; marketers keep them
+    ("* /templates*", MARKETING),
     ("GET /suppressions*", ANY),
     ("POST /suppressions", ANY),  # an agent records "please stop texting me"
     ("* /suppressions*", ADMIN),  # removal needs the contact's consent: admins only

@@ -26,6 +26,7 @@ from hub.store import audience as audience_store
 from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
 from hub.store import tenants
+from hub.template_actions import merge_variables
 from hub.timezones import contact_timezone
 from hub.users import Role
 
@@ -126,12 +127,9 @@ async def compose_check(request: Request, access: AccessDep, body: Text = "",
     rows = await contact_store.list_page(_hub(request).pool, access.sa_id, tag=None, q=None,
                                          cursor=None, limit=1)
     sample = rows[0] if rows else {}
-    variables = {"first_name": sample.get("first_name"), "last_name": sample.get("last_name"),
-                 "phone": sample.get("phone"), "email": sample.get("email"),
-                 "custom": sample.get("custom_fields") or {}}
     try:
         check = check_content(channel if channel in ("sms", "email") else "sms", body or " ",
-                              subject or " ", (), variables)
+                              subject or " ", (), merge_variables(sample))
     except HubError as exc:
         return render(request, "_compose_check.html", error=exc.detail, check=None, info=None,
                       sample=sample)
