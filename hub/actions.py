@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hub.compliance import check_provider_config
 from hub.contacts import clean_contact
 from hub.context import Hub
 from hub.crypto import new_api_key
@@ -116,6 +117,7 @@ async def do_revoke_api_key(hub: Hub, principal: Principal, sub_account_id: UUID
 
 
 async def do_create_provider_account(hub: Hub, sub_account_id: UUID, fields: Row) -> Row:
+    check_provider_config(fields.get("config"))
     fields = dict(fields)
     fields["secret_encrypted"] = hub.box.encrypt(fields.pop("secret"))
     async with hub.transaction() as tx:
@@ -126,6 +128,7 @@ async def do_create_provider_account(hub: Hub, sub_account_id: UUID, fields: Row
 
 async def do_update_provider_account(hub: Hub, sub_account_id: UUID, id_: UUID,
                                      fields: Row) -> Row:
+    check_provider_config(fields.get("config"))
     fields = dict(fields)
     if fields.get("secret") is not None:
         fields["secret_encrypted"] = hub.box.encrypt(fields.pop("secret"))

@@ -15,10 +15,13 @@ secret, which is why the link is sealed rather than a bare HMAC.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 from urllib.parse import quote
 
 from hub.crypto import SecretBox
+from hub.errors import ValidationFailed
 
 
 class Keyword(StrEnum):
@@ -54,6 +57,28 @@ def classify(body: str) -> Keyword | None:
     if word in HELP_WORDS:
         return Keyword.HELP
     return None
+
+
+#: provider_accounts.config key: who answers STOP, START and HELP. "hub" (the default): the
+#: hub sends the confirmations and the sub-account's help text. "provider": the provider
+#: answers them itself, as Twilio does with its default opt-out handling on (it then also
+#: refuses the hub's own confirmation, error 21610); the hub still records the opt-out and
+#: the opt-in and cancels what is queued, and sends nothing.
+KEYWORD_REPLIES = "keyword_replies"
+KEYWORD_REPLIERS = ("hub", "provider")
+
+
+def check_provider_config(config: Mapping[str, Any] | None) -> None:
+    """ValidationFailed naming the config key a provider account's settings get wrong."""
+    value = (config or {}).get(KEYWORD_REPLIES, "hub")
+    if value not in KEYWORD_REPLIERS:
+        raise ValidationFailed.field(
+            f"config.{KEYWORD_REPLIES}", "either hub (the hub answers STOP, START and HELP) "
+            "or provider (the provider does, as Twilio's default opt-out handling)", "invalid")
+
+
+def provider_answers_keywords(config: Mapping[str, Any] | None) -> bool:
+    return (config or {}).get(KEYWORD_REPLIES) == "provider"
 
 
 def help_reply(help_text: str, sub_account_name: str) -> str:

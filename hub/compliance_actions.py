@@ -117,9 +117,18 @@ async def queue_reply(hub: Hub, sa: Row, phone: str, sender_id: UUID, body: str)
     """Queue a compliance reply from the number the contact texted, ahead of bulk traffic.
     It reaches a suppressed number too (the STOP confirmation, HELP from an opted-out
     contact: CTIA requires both). None when it cannot be sent: the keyword's own effect
-    must not be undone by a failed reply."""
+    must not be undone by a failed reply. None too when the number's provider account
+    leaves keyword replies to the provider (`compliance.KEYWORD_REPLIES`)."""
     try:
-        async with hub.transaction(savepoint=True):  # a failed reply leaves the caller's work
+        async with hub.transaction(savepoint=True) as tx:  # a failure leaves the caller's work
+            config = await tx.conn.fetchval(
+                """SELECT p.config FROM senders s
+                   JOIN provider_accounts p ON p.id = s.provider_account_id
+                   WHERE s.id = $1""", sender_id)
+            if compliance.provider_answers_keywords(config):
+                log.info("compliance reply left to the provider", extra={
+                    "sub_account_id": str(sa["id"]), "sender_id": str(sender_id)})
+                return None
             return await do_send_message(
                 hub, sa, {"channel": "sms", "to": phone, "body": body, "sender_id": sender_id},
                 priority="transactional", compliance=True)

@@ -8,6 +8,7 @@ stops once nothing more can be sent now)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -23,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from config.settings import Settings
 from hub import actions, imports, users
+from hub.compliance import KEYWORD_REPLIES
 from hub.context import Hub
 from hub.crypto import hash_api_key
 from hub.embedded import Services
@@ -82,6 +84,12 @@ async def _existing_demo(hub: Hub, path: Path) -> dict[str, Any] | None:
     return info if row is not None and row["sub_account_id"] is None else None
 
 
+#: The sandbox behaves as Twilio with its default opt-out handling: it blocks a number that
+#: texted STOP and refuses the hub's own confirmation (21610); Twilio answers the keywords
+#: itself. So the demo's accounts leave keyword replies to the provider.
+TWILIO_CONFIG = {KEYWORD_REPLIES: "provider"}
+
+
 async def seed(hub: Hub, carrier_url: str, contacts_per_sub_account: int) -> str:
     """A demo agency, two sub-accounts with sandbox-carrier providers, senders and contacts.
     Returns the agency API key."""
@@ -96,7 +104,7 @@ async def seed(hub: Hub, carrier_url: str, contacts_per_sub_account: int) -> str
         twilio = await actions.do_create_provider_account(hub, sa["id"], {
             "provider": "twilio", "name": "Sandbox Twilio",
             "account_id": f"AC{n:032x}", "secret": f"demo-auth-token-{n}",
-            "base_url": carrier_url, "config": {}})
+            "base_url": carrier_url, "config": TWILIO_CONFIG})
         sendgrid = await actions.do_create_provider_account(hub, sa["id"], {
             "provider": "sendgrid", "name": "Sandbox SendGrid", "account_id": "demo",
             "secret": f"SG.demo-key-{n}", "base_url": carrier_url, "config": {}})
@@ -225,6 +233,9 @@ async def run_demo(settings: Settings, services: Services, console: Console,
         # The carrier may have moved to another port since the last run, and it signs
         # SendGrid event batches with a key of its own run.
         await hub.pool.execute("UPDATE provider_accounts SET base_url = $1", carrier.url)
+        await hub.pool.execute(  # a demo seeded before keyword replies were configurable
+            "UPDATE provider_accounts SET config = config || $1::jsonb "
+            "WHERE provider = 'twilio'", TWILIO_CONFIG)
         await hub.pool.execute(
             """UPDATE provider_accounts SET config = config || jsonb_build_object($1::text,
                    $2::text) WHERE provider = 'sendgrid'""", PUBLIC_KEY,
@@ -360,5 +371,7 @@ async def _summary(client: DemoClient, console: Console,
                           f"time zone (ETA {s['eta'] or 'n/a'})")
         for e in s["top_errors"][:3]:
             console.print(f"   error {e['code']}: {e['count']:,}")
-    console.print(f"inbound replies seen on the live feed: {len(inbound)}; opt-outs: "
-                  f"{len(opt_outs)}")
+    sources = collections.Counter(o.get("source") or "other" for o in opt_outs)
+    console.print(f"inbound replies seen on the live feed: {len(inbound)}; addresses "
+                  f"suppressed: {len(opt_outs)} ("
+                  + ", ".join(f"{n} {source}" for source, n in sorted(sources.items())) + ")")

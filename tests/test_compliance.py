@@ -271,6 +271,41 @@ async def test_stop_confirmation_reaches_the_carrier_exactly_once(
     assert await sent_to(sandbox, contact) == [compliance.STOP_CONFIRMATION]
 
 
+async def test_keyword_replies_left_to_the_provider_are_not_sent_but_still_recorded(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,
+    carrier_log: httpx.AsyncClient, settings: Settings
+) -> None:
+    """With Twilio's default opt-out handling on, Twilio answers STOP, START and HELP
+    itself and refuses the hub's own confirmation (21610): an account set to
+    `keyword_replies: provider` sends none, and its opt-outs and opt-ins still count."""
+    number, contact = "+12125550187", "+14155553302"
+    h = auth(tenant.sa1_key)
+    pa, _ = await texting_setup(api, tenant, carrier, number)
+    assert_problem(await api.patch(f"/v1/sub-accounts/{tenant.sa1}/providers/{pa}", headers=h,
+                                   json={"config": {"keyword_replies": "carrier"}}),
+                   422, field="config.keyword_replies")
+    r = await api.patch(f"/v1/sub-accounts/{tenant.sa1}/providers/{pa}", headers=h,
+                        json={"config": {"keyword_replies": "provider"}})
+    assert r.status_code == 200, r.text
+    await carrier_log.post("/sandbox/config", json={
+        "inbound_url": f"{settings.base_url}{INBOUND}", "honor_opt_out": True})
+    try:
+        for body in ("HELP", "STOP", "START"):
+            await text_in(carrier_log, contact, number, body)
+            await settled(hub)
+        await asyncio.sleep(1.0)  # a reply would have reached the carrier by now
+        assert await sent_to(carrier_log, contact) == []
+        outbound = await hub.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE to_address = $1", contact)
+        assert outbound == 0
+        history = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/suppressions", headers=h,
+                                 params={"include_removed": True})).json()["data"]
+        assert [(s["address"], s["reason"], s["removed_reason"]) for s in history] == [
+            (contact, "texted STOP", "re-subscribed by START")]
+    finally:
+        await carrier_log.post("/sandbox/config", json={"inbound_url": None})
+
+
 # --- one-click email unsubscribe --------------------------------------------------------
 
 
