@@ -107,6 +107,12 @@ def record_counts(window: FailureWindow, ok: int, failed: int) -> None:
         window.record((i + 1) * failed // total == i * failed // total)
 
 
+def _outcomes(counts: dict[str, int]) -> tuple[int, int]:
+    """(succeeded, failed) among a campaign's message counts by status."""
+    return (sum(counts.get(s, 0) for s in ("sent", "delivered", "read")),
+            sum(counts.get(s, 0) for s in ("failed", "undelivered")))
+
+
 @dataclass(frozen=True)
 class HandOff:
     """How new campaign messages reach their Sender shards."""
@@ -123,12 +129,21 @@ class HandOff:
 
 class _Plan:
     """What a fill needs of one campaign to turn its claimed recipients into messages: its
-    sending window, parsed template and sender pool."""
+    sending window, parsed templates (body, subject, HTML, the voice script's words) and
+    sender pool."""
+
+    #: The voice script's fields that are words to say: rendered as the body is.
+    VOICE_TEXT = ("say", "voicemail_say")
 
     def __init__(self, c: dict[str, Any], senders: list[dict[str, Any]]) -> None:
         self.c = c
         self.window = SendWindow(c["window_start"], c["window_end"])
         self.template = parse(c["body"] or "", field="body")
+        self.subject = parse(c["subject"], field="subject") if c["subject"] else None
+        self.html = parse(c["html"], field="html") if c["html"] else None
+        voice = c["voice"] or {}
+        self.voice = {k: parse(voice[k], field=f"voice.{k}")
+                      for k in self.VOICE_TEXT if voice.get(k)}
         self.senders = {str(s["id"]): s for s in senders}
         self.sender_ids = list(self.senders)
         self.conv_channel = "sms" if c["channel"] in ("sms", "mms") else c["channel"]
@@ -139,6 +154,10 @@ class _Plan:
                      "phone": r["phone"], "email": r["email"],
                      "custom": r["custom_fields"] or {}}
         body = self.template.render(variables).text
+        subject = self.subject.render(variables).text if self.subject else c["subject"]
+        html = self.html.render(variables).text if self.html else c["html"]
+        voice = {**c["voice"], **{k: t.render(variables).text
+                                  for k, t in self.voice.items()}} if c["voice"] else None
         seg = count_segments(body) if c["channel"] in ("sms", "mms") else None
         sender = self.senders[choose_sender(str(r["contact_id"]), self.sender_ids)]
         return {"id": message_id_for(c["id"], r["contact_id"]), "campaign_id": c["id"],
@@ -146,8 +165,8 @@ class _Plan:
                 "sub_account_id": c["sub_account_id"], "contact_id": r["contact_id"],
                 "conv_channel": self.conv_channel, "channel": c["channel"],
                 "sender_id": sender["id"], "provider_account_id": sender["provider_account_id"],
-                "from_address": sender["address"], "to_address": to, "subject": c["subject"],
-                "body": body, "voice": c["voice"], "segments": seg.segments if seg else 1,
+                "from_address": sender["address"], "to_address": to, "subject": subject,
+                "html": html, "body": body, "voice": voice, "segments": seg.segments if seg else 1,
                 "encoding": seg.encoding if seg else None, "slot": c["slot"]}
 
 
@@ -177,7 +196,8 @@ class SchedulerCore:
         self._senders: dict[UUID, tuple[float, list[dict[str, Any]]]] = {}
         self._drain: dict[UUID, Drain] = {}
         self._created: dict[UUID, int] = {}  # created since the campaign's last backlog count
-        self._failures: dict[UUID, tuple[FailureWindow, int, int]] = {}  # window, ok, failed
+        #: window, ok and failed counted so far, and the run they belong to (`updated_at`)
+        self._failures: dict[UUID, tuple[FailureWindow, int, int, datetime]] = {}
         #: No campaign had a message outstanding or a recipient due at the last tick.
         self.idle = True
         # One pass at a time: a kick (launch, resume) racing the loop's own tick could read a
@@ -224,8 +244,10 @@ class SchedulerCore:
         self.idle = not any(c["backlog"] or c["due"] for c in running)
         due = [c for c in running if self._counts_due(c)]
         counts = await store.counts_many(self.pool, [c["id"] for c in due]) if due else {}
-        paused = {c["id"] for c in due
-                  if await self._failure_tripped(c, counts.get(c["id"], {}))}
+        new_runs = [(c["id"], c["updated_at"]) for c in due if self._new_run(c)]
+        settled = await store.counts_before(self.pool, new_runs) if new_runs else {}
+        paused = {c["id"] for c in due if await self._failure_tripped(
+            c, counts.get(c["id"], {}), settled.get(c["id"], {}))}
         finished = await self._complete([
             c for c in running if c["id"] not in paused and not created.get(c["id"])
             and c["backlog"] == 0 and not c["pending_left"]])
@@ -353,23 +375,32 @@ class SchedulerCore:
                     "owner": self.owner, "error": f"{type(exc).__name__}: {exc}"})
         return dict(Counter(made[row["id"]]["campaign_id"] for row in created))
 
-    async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int]) -> bool:
-        """Feed the outcomes since the last look into the campaign's failure window; pause
-        the campaign, naming its top error, once the window trips."""
-        ok = sum(counts.get(s, 0) for s in ("sent", "delivered", "read"))
-        failed = sum(counts.get(s, 0) for s in ("failed", "undelivered"))
+    def _new_run(self, c: dict[str, Any]) -> bool:
+        """Whether the campaign's failure window has not seen its current run yet (a run
+        begins at its start or a resume: the `updated_at` of a running campaign)."""
         seen = self._failures.get(c["id"])
-        if seen is None:  # first look (or after a restart): what came before is history
+        return seen is None or seen[3] != c["updated_at"]
+
+    async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int],
+                               settled: dict[str, int]) -> bool:
+        """Feed the outcomes since the last look into the campaign's failure window; pause
+        the campaign, naming its top error, once the window trips. The window judges one
+        run of the campaign: at the first look at a run, what had `settled` before it began
+        is history (the marketer has seen it and resumed)."""
+        ok, failed = _outcomes(counts)
+        seen = self._failures.get(c["id"])
+        if seen is None or seen[3] != c["updated_at"]:  # the first look at this run
             window = FailureWindow(size=200, threshold=float(c["failure_threshold"]))
-            self._failures[c["id"]] = (window, ok, failed)
-            if ok + failed > window.size:
-                return False
-            seen = (window, 0, 0)
-        window, ok_before, failed_before = seen
+            ok_before, failed_before = _outcomes(settled)
+            if ok + failed - ok_before - failed_before > window.size:
+                # More than a window's worth (a restart mid-run): all of it is history.
+                ok_before, failed_before = ok, failed
+            seen = (window, ok_before, failed_before, c["updated_at"])
+        window, ok_before, failed_before, run = seen
         new_failed = max(0, failed - failed_before)
         record_counts(window, max(0, (ok + failed) - (ok_before + failed_before) - new_failed),
                       new_failed)
-        self._failures[c["id"]] = (window, ok, failed)
+        self._failures[c["id"]] = (window, ok, failed, run)
         if not window.tripped():
             return False
         errors = {str(e["error_code"]): int(e["n"])

@@ -262,6 +262,7 @@ class SenderCore:
         return OutboundMessage(
             message_id=str(row["id"]), channel=channel, to=row["to_address"],
             from_=row["from_address"], body=row["body"] or "", subject=row["subject"],
+            html=row["html"],
             media_urls=tuple(row["media_urls"] or ()), status_callback_url=callback,
             voice=VoiceScript(**voice) if voice else None,
             unsubscribe_url=(unsubscribe_url(self.config.public_url, str(row["id"]), self.box)
@@ -355,10 +356,10 @@ class SenderCore:
             if urgent:  # straight to the adapter, past any bulk waiting for a connection
                 waves.append(asyncio.create_task(send(urgent)))
             bulk = [r for r in rows if r["priority"] == "bulk"]
-            if channel == "email":  # one request carries many: the wave is one request
-                waves.append(asyncio.create_task(send_bulk(bulk)))
-            else:  # Twilio: a request per message
-                waves.extend(asyncio.create_task(send_bulk([r])) for r in bulk)
+            # Email: one request carries many, the wave is one request. Twilio: a request
+            # per message. Either way no rows, no request.
+            requests = [bulk] if channel == "email" else [[r] for r in bulk]
+            waves.extend(asyncio.create_task(send_bulk(req)) for req in requests if req)
 
         due = [(departs[str(r["id"])], i, r) for i, r in enumerate(group)]
         heapq.heapify(due)
@@ -426,7 +427,7 @@ class SenderCore:
             await store.record_failed(conn, self.config.owner, failed)
             await store.record_retry(conn, self.config.owner, retry)
             await store.record_in_doubt(conn, self.config.owner, in_doubt)
-            written = await _message_events(conn, visible)
+            written = await store.status_events(conn, visible)
         await events.publish(self.redis, written)
         self.lanes.complete(done)
         for item, delay in retries:
@@ -499,17 +500,3 @@ class SenderCore:
                 "sent_total": self.sent_total,
                 "buckets": self.limiter.bucket_count}
 
-
-async def _message_events(conn: asyncpg.Connection, ids: list[UUID]) -> list[events.Event]:
-    """`message.status_updated` with the message snapshot, for replies and transactional
-    messages (bulk progress is reported per campaign instead, about once a second)."""
-    if not ids:
-        return []
-    from hub.store.messaging import MESSAGE_COLS
-
-    rows = await conn.fetch(f"SELECT {MESSAGE_COLS} FROM messages WHERE id = ANY($1::uuid[])",
-                            ids)
-    pending = [events.PendingEvent(r["sub_account_id"], "message.status_updated", dict(r),
-                                   f"conversation:{r['conversation_id']}")
-               for r in rows]
-    return await events.append(conn, pending)

@@ -17,6 +17,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -25,6 +26,7 @@ from actors import placement, ray_api
 from actors.metrics import Metrics
 from actors.ring import CHANNEL_GROUPS, Ring, sender_owner
 from channels.base import OutboundMessage, ProviderCredentials
+from hub import events
 from hub.crypto import SecretBox
 from hub.store import sending as store
 
@@ -134,40 +136,40 @@ class Supervisor:
         period → queued again; no way to ask (email) → failed with `outcome_unknown`."""
         from actors.shells import adapters_for
 
-        resolved = {"sent": 0, "requeued": 0, "unknown": 0}
+        sent: list[tuple[UUID, str, str]] = []
+        requeued: list[UUID] = []
+        unknown: list[tuple[UUID, str | None, str]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             stale = await store.stale_sending(conn, 200)
             if not stale:
-                return resolved
+                return {"sent": 0, "requeued": 0, "unknown": 0}
             self.metrics.reclaimed("sending", len(stale))
             adapters = adapters_for(("sms", "voice"))
             now = datetime.now(UTC)
+            done: list[dict[str, Any]] = []
             for row in stale:
                 outcome = await self._lookup(adapters, row)
                 if outcome is not None:
-                    await conn.execute(
-                        """UPDATE messages SET status = 'sent', provider_message_id = $2,
-                               in_doubt = false, sent_at = coalesce(sent_at, now()),
-                               lease_owner = NULL, lease_expires_at = NULL
-                           WHERE id = $1 AND status = 'sending'""", row["id"], outcome)
-                    resolved["sent"] += 1
-                elif row["channel"] in ("sms", "mms", "voice") and \
-                        now - row["updated_at"] > self.grace:
-                    await conn.execute(
-                        """UPDATE messages SET status = 'queued', in_doubt = false,
-                               lease_owner = NULL, lease_expires_at = NULL
-                           WHERE id = $1 AND status = 'sending'""", row["id"])
-                    resolved["requeued"] += 1
-                elif row["channel"] == "email" and now - row["updated_at"] > self.grace:
-                    await conn.execute(
-                        """UPDATE messages SET status = 'failed', error_code = 'outcome_unknown',
-                               error_message = 'the provider never confirmed this send',
-                               lease_owner = NULL, lease_expires_at = NULL
-                           WHERE id = $1 AND status = 'sending'""", row["id"])
-                    resolved["unknown"] += 1
+                    sent.append((row["id"], outcome, "sent"))
+                elif now - row["updated_at"] <= self.grace:
+                    continue
+                elif row["channel"] == "email":
+                    unknown.append((row["id"], "outcome_unknown",
+                                    "the provider never confirmed this send"))
+                else:
+                    requeued.append(row["id"])
+                done.append(row)
+            # Recorded as the sender records its own outcomes: history and realtime event.
+            await store.record_accepted(conn, None, sent)
+            await store.requeue_unsent(conn, requeued)
+            await store.record_failed(conn, None, unknown)
+            written = await store.status_events(
+                conn, [r["id"] for r in done if r["priority"] != "bulk"])
             for adapter in {id(a): a for a in adapters.values()}.values():
                 with contextlib.suppress(Exception):
                     await adapter.close()
+        await events.publish(self.redis, written)
+        resolved = {"sent": len(sent), "requeued": len(requeued), "unknown": len(unknown)}
         if any(resolved.values()):
             log.info("in-doubt sends reconciled", extra=resolved)
         return resolved

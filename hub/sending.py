@@ -136,9 +136,9 @@ _PERSIST = f"""
     m AS (
         INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
             channel, priority, sender_id, provider_account_id, from_address, to_address,
-            subject, body, media_urls, voice, status, segments, encoding, slot, provider,
-            compliance, lease_owner, lease_expires_at)
-        SELECT $1, conv.id, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+            subject, html, body, media_urls, voice, status, segments, encoding, slot,
+            provider, compliance, lease_owner, lease_expires_at)
+        SELECT $1, conv.id, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, $20, $10, $11, $12,
                'queued', $13, $14, s.slot, p.provider, $15, $18,
                CASE WHEN $18::text IS NOT NULL THEN now() + make_interval(secs => $19) END
         FROM conv, sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $6
@@ -190,7 +190,8 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
             sender["provider_account_id"], sender["address"], address, req.get("subject"),
             body, media, req.get("voice"), segments, encoding, compliance,
             SENDER_CHANNEL[channel], body or req.get("subject") or "",
-            lease_to(channel, slot) if lease_to else None, hub.settings.lease_s)
+            lease_to(channel, slot) if lease_to else None, hub.settings.lease_s,
+            req.get("html"))
         message = {k: v for k, v in row.items() if not k.startswith("conv_")}
         message["lane"] = send_store.lane_row(message, sender,
                                               message.pop("lease_expires_at"))

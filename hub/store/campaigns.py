@@ -137,8 +137,9 @@ async def materialise(conn: asyncpg.Connection, campaign: Row, audience_where: s
 
 #: The columns of a live campaign that the scheduler's tick reads (not its audience).
 TICK_COLS = (
-    "id, sub_account_id, channel, status, body, subject, voice, sender_ids, "
-    "start_at, window_start, window_end, rate_cap, failure_threshold, recipients_total"
+    "id, sub_account_id, channel, status, body, subject, html, voice, sender_ids, "
+    "start_at, window_start, window_end, rate_cap, failure_threshold, recipients_total, "
+    "updated_at"
 )
 
 
@@ -276,29 +277,30 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
     rows = await conn.fetch(
         """INSERT INTO messages (id, sub_account_id, conversation_id, contact_id, campaign_id,
                direction, channel, priority, sender_id, provider_account_id, from_address,
-               to_address, subject, body, media_urls, voice, status, segments, encoding, slot,
-               lease_owner, lease_expires_at)
+               to_address, subject, html, body, media_urls, voice, status, segments, encoding,
+               slot, lease_owner, lease_expires_at)
            SELECT u.id, u.sub_account_id,
                   (SELECT conv.id FROM conversations conv
                    WHERE conv.sub_account_id = u.sub_account_id
                      AND conv.contact_id = u.contact_id AND conv.channel = u.conv_channel),
                   u.contact_id, u.campaign_id, 'outbound', u.channel, 'bulk', u.sender_id,
-                  u.provider_account_id, u.from_address, u.to_address, u.subject, u.body,
+                  u.provider_account_id, u.from_address, u.to_address, u.subject, u.html,
+                  u.body,
                   (SELECT cp.media_urls FROM campaigns cp WHERE cp.id = u.campaign_id),
                   u.voice, 'queued', u.segments, u.encoding, u.slot, u.lease_owner,
-                  CASE WHEN u.lease_owner IS NOT NULL THEN now() + make_interval(secs => $18) END
+                  CASE WHEN u.lease_owner IS NOT NULL THEN now() + make_interval(secs => $19) END
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
                        $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[],
                        $12::text[], $13::jsonb[], $14::int[], $15::text[], $16::int[],
-                       $17::text[])
+                       $17::text[], $18::text[])
                 AS u(id, campaign_id, sub_account_id, conv_channel, contact_id, channel,
                      sender_id, provider_account_id, from_address, to_address, subject, body,
-                     voice, segments, encoding, slot, lease_owner)
+                     voice, segments, encoding, slot, lease_owner, html)
            ON CONFLICT DO NOTHING RETURNING id, lease_owner, lease_expires_at""",
         *(col[k] for k in ("id", "campaign_id", "sub_account_id", "conv_channel", "contact_id",
                            "channel", "sender_id", "provider_account_id", "from_address",
                            "to_address", "subject", "body", "voice", "segments", "encoding",
-                           "slot", "lease_owner")), lease_s)
+                           "slot", "lease_owner", "html")), lease_s)
     await conn.execute(
         """UPDATE campaign_recipients r SET status = 'queued', message_id = u.id
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(campaign_id, contact_id, id)
@@ -358,6 +360,21 @@ async def counts_many(conn: Conn, campaign_ids: list[UUID]) -> dict[UUID, dict[s
     return out
 
 
+async def counts_before(conn: Conn,
+                        runs: list[tuple[UUID, datetime]]) -> dict[UUID, dict[str, int]]:
+    """(campaign, when its run began) → the campaign's messages by status, of those whose
+    status last changed before then: what a run (a resume) found already settled."""
+    rows = await conn.fetch(
+        """SELECT m.campaign_id, m.status, count(*) AS n
+           FROM unnest($1::uuid[], $2::timestamptz[]) AS k(id, at)
+           JOIN messages m ON m.campaign_id = k.id AND m.updated_at < k.at
+           GROUP BY 1, 2""", [r[0] for r in runs], [r[1] for r in runs])
+    out: dict[UUID, dict[str, int]] = {}
+    for r in rows:
+        out.setdefault(r["campaign_id"], {})[r["status"]] = int(r["n"])
+    return out
+
+
 async def unqueue(conn: asyncpg.Connection, campaign_id: UUID) -> int:
     """Pause: messages not yet sending go back to pending recipients. Their ids are
     deterministic, so resuming recreates exactly the same messages."""
@@ -403,3 +420,24 @@ async def top_errors(conn: Conn, campaign_id: UUID, n: int = 5) -> list[Row]:
              AND error_code IS NOT NULL GROUP BY error_code ORDER BY n DESC LIMIT $2""",
         campaign_id, n)
     return [dict(r) for r in rows]
+
+
+async def skip_groups(conn: Conn, sub_account_id: UUID, channel: str, where: str,
+                      args: list[Any]) -> list[asyncpg.Record]:
+    """The audience's contacts that launch would record as skipped (`materialise`: no
+    address on the channel, or suppressed), by skip reason and in the groups of
+    `hub.store.audience.groups`. `where` is hub.campaigns.audience_sql(audience, 1)."""
+    address, sup_channel = _address_sql(channel)
+    return await conn.fetch(
+        f"""SELECT CASE WHEN {address} IS NULL THEN 'no_{'email' if sup_channel == 'email'
+                                                        else 'phone'}'
+                        ELSE 'suppressed' END AS reason,
+                   c.timezone, left(c.phone, 7) AS prefix, min(c.phone) AS sample,
+                   count(*) AS n
+            FROM contacts c
+            WHERE c.sub_account_id = $1 AND ({where})
+              AND ({address} IS NULL OR EXISTS (
+                  SELECT 1 FROM suppressions s WHERE s.sub_account_id = c.sub_account_id
+                     AND s.channel = '{sup_channel}' AND s.address = {address}
+                     AND s.removed_at IS NULL))
+            GROUP BY 1, 2, 3""", sub_account_id, *args)

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hub import events
 from hub.status import sql_rank_case
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -147,15 +148,21 @@ async def begin_sending(conn: Conn, owner: str, ids: list[UUID], lease_s: float)
            WHERE m.id = ANY($2::uuid[]) AND m.status = 'queued' AND m.lease_owner = $1
              AND p.id = m.provider_account_id
            RETURNING m.status, m.id, m.sub_account_id, m.channel, m.from_address,
-                     m.to_address, m.subject, m.body, m.media_urls, m.voice, m.contact_id,
-                     m.campaign_id, m.priority, m.provider_account_id, p.provider,
-                     p.account_id, p.secret_encrypted, p.base_url, p.config""",
+                     m.to_address, m.subject, m.html, m.body, m.media_urls, m.voice,
+                     m.contact_id, m.campaign_id, m.priority, m.provider_account_id,
+                     p.provider, p.account_id, p.secret_encrypted, p.base_url, p.config""",
         owner, ids, lease_s,
     )
     return [dict(r) for r in rows if r["status"] == "sending"]
 
 
-async def record_accepted(conn: Conn, owner: str, rows: list[tuple[UUID, str, str]]) -> None:
+#: Which messages a recorder may resolve: those under its lease, or with no owner (the
+#: reconciler) any message still `sending`, whoever held it.
+_RESOLVABLE = "(m.lease_owner = $1 OR $1::text IS NULL AND m.status = 'sending')"
+
+
+async def record_accepted(conn: Conn, owner: str | None,
+                          rows: list[tuple[UUID, str, str]]) -> None:
     """(message id, provider message id, status): the provider took them. Each message's
     history gets the status it now has (a receipt may have overtaken the answer)."""
     if not rows:
@@ -168,7 +175,7 @@ async def record_accepted(conn: Conn, owner: str, rows: list[tuple[UUID, str, st
                       sent_at = coalesce(m.sent_at, now()), in_doubt = false,
                       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
-               WHERE m.id = u.id AND m.lease_owner = $1
+               WHERE m.id = u.id AND {_RESOLVABLE}
                RETURNING m.id, m.sub_account_id, m.status)
            INSERT INTO message_events (message_id, sub_account_id, status)
            SELECT id, sub_account_id, status FROM taken""",
@@ -176,17 +183,17 @@ async def record_accepted(conn: Conn, owner: str, rows: list[tuple[UUID, str, st
     )
 
 
-async def record_failed(conn: Conn, owner: str,
+async def record_failed(conn: Conn, owner: str | None,
                         rows: list[tuple[UUID, str | None, str]]) -> None:
     """(message id, error code, error message): refused for good."""
     if not rows:
         return
     await conn.execute(
-        """UPDATE messages m SET status = 'failed', error_code = u.code, error_message = u.msg,
+        f"""UPDATE messages m SET status = 'failed', error_code = u.code, error_message = u.msg,
                   failed_at = now(), lease_owner = NULL, lease_expires_at = NULL,
                   updated_at = now()
            FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, code, msg)
-           WHERE m.id = u.id AND m.lease_owner = $1 AND m.status = 'sending'""",
+           WHERE m.id = u.id AND {_RESOLVABLE} AND m.status = 'sending'""",
         owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
     )
     await conn.execute(
@@ -224,6 +231,39 @@ async def record_in_doubt(conn: Conn, owner: str, rows: list[tuple[UUID, str]]) 
     )
 
 
+async def requeue_unsent(conn: Conn, ids: list[UUID]) -> None:
+    """The reconciler proved these `sending` messages never reached the provider: queued
+    again, unleased, so a shard claims and sends them; their history says so."""
+    if not ids:
+        return
+    await conn.execute(
+        """WITH back AS (
+               UPDATE messages SET status = 'queued', in_doubt = false, lease_owner = NULL,
+                      lease_expires_at = NULL, updated_at = now()
+               WHERE id = ANY($1::uuid[]) AND status = 'sending'
+               RETURNING id, sub_account_id)
+           INSERT INTO message_events (message_id, sub_account_id, status)
+           SELECT id, sub_account_id, 'queued' FROM back""",
+        ids,
+    )
+
+
+async def status_events(conn: asyncpg.Connection, ids: list[UUID]) -> list[events.Event]:
+    """`message.status_updated` with the message snapshot, written in `conn`'s transaction
+    (the caller publishes them once it commits). Callers pass replies and transactional
+    messages only: bulk progress is reported per campaign instead, about once a second."""
+    if not ids:
+        return []
+    from hub.store.messaging import MESSAGE_COLS
+
+    rows = await conn.fetch(f"SELECT {MESSAGE_COLS} FROM messages WHERE id = ANY($1::uuid[])",
+                            ids)
+    pending = [events.PendingEvent(r["sub_account_id"], "message.status_updated", dict(r),
+                                   f"conversation:{r['conversation_id']}")
+               for r in rows]
+    return await events.append(conn, pending)
+
+
 async def release(conn: Conn, owner: str, ids: list[UUID]) -> None:
     """Give leases back (shutdown, rebalancing) so another shard claims them at once."""
     await conn.execute(
@@ -237,9 +277,9 @@ async def stale_sending(conn: Conn, limit: int) -> list[Row]:
     """Messages whose send outcome is unknown: in doubt, or `sending` under an expired
     lease (the shard died between the commit and the provider's answer)."""
     rows = await conn.fetch(
-        """SELECT m.id, m.sub_account_id, m.channel, m.from_address, m.to_address, m.body,
-                  m.subject, m.created_at, m.updated_at, m.provider_account_id, p.provider,
-                  p.account_id, p.secret_encrypted, p.base_url, p.config
+        """SELECT m.id, m.sub_account_id, m.channel, m.priority, m.from_address, m.to_address,
+                  m.body, m.subject, m.created_at, m.updated_at, m.provider_account_id,
+                  p.provider, p.account_id, p.secret_encrypted, p.base_url, p.config
            FROM messages m JOIN provider_accounts p ON p.id = m.provider_account_id
            WHERE m.status = 'sending' AND m.lease_expires_at < now()
            ORDER BY m.lease_expires_at LIMIT $1 FOR UPDATE OF m SKIP LOCKED""",
