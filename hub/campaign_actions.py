@@ -12,11 +12,20 @@ from typing import Any
 from uuid import UUID
 
 from hub import projection
-from hub.campaigns import allowed_actions, audience_sql, check_content, parse_audience, transition
+from hub.campaigns import (
+    MERGE_FIELDS,
+    allowed_actions,
+    audience_sql,
+    campaign_window,
+    check_content,
+    parse_audience,
+    transition,
+)
 from hub.context import Hub
 from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.store import audience as audience_store
 from hub.store import campaigns as store
+from hub.templates import MergeField, parse
 from hub.timezones import SendWindow, contact_timezone
 
 Row = dict[str, Any]
@@ -29,10 +38,13 @@ def snapshot(row: Row) -> Row:
 
 async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
     audience = parse_audience(data["audience"])
+    window = campaign_window(data.get("window_start"), data.get("window_end"), sa)
     channel = data["channel"]
-    check_content(channel, data.get("body") or "", data.get("subject"),
-                  [str(u) for u in data.get("media_urls") or []])
     voice = data.get("voice") or {}
+    check_content(channel, data.get("body") or "", data.get("subject"),
+                  [str(u) for u in data.get("media_urls") or []],
+                  other_texts={"html": data.get("html"), "voice.say": voice.get("say"),
+                               "voice.voicemail_say": voice.get("voicemail_say")})
     if channel == "voice" and not (voice.get("say") or voice.get("play_url")):
         raise ValidationFailed.field("voice", "a voice campaign needs voice.say or "
                                      "voice.play_url", "required")
@@ -60,7 +72,7 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
             "html": data.get("html"),
             "media_urls": [str(u) for u in data.get("media_urls") or []],
             "voice": data.get("voice"), "sender_ids": found, "start_at": data.get("start_at"),
-            "window_start": data["window_start"], "window_end": data["window_end"],
+            "window_start": window.start, "window_end": window.end,
             "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
         }
         row = await store.insert(tx.conn, sa["id"], fields)
@@ -175,6 +187,10 @@ def _zones(groups: list[Any], sa: Row, audience: Any = None) -> dict[str, int]:
     return dict(zones)
 
 
+_SKIP_WORDS = {"suppressed": "suppressed (opted out, bounced or blocked)",
+               "no_phone": "without a phone number", "no_email": "without an email address"}
+
+
 def _window(c: Row) -> SendWindow:
     return SendWindow(c["window_start"], c["window_end"])
 
@@ -195,7 +211,8 @@ async def campaign_stats(hub: Hub, sa: Row, id_: UUID) -> Row:
     now = datetime.now(UTC)
     eta = None
     if c["status"] in ("running", "scheduled") and rate > 0:
-        eta = projection.eta(remaining, now, _window(c), rate) if remaining else now
+        eta = (projection.eta(remaining, now, _window(c), rate, start_at=c["start_at"])
+               if remaining else max(now, c["start_at"] or now))
     errors = await store.top_errors(hub.pool, id_)
     return {
         "id": id_, "status": c["status"], "paused_reason": c["paused_reason"],
@@ -212,14 +229,48 @@ async def campaign_dry_run(hub: Hub, sa: Row, id_: UUID) -> Row:
     where, args = audience_sql(audience, 1)
     zones = _zones(await audience_store.count_groups(hub.pool, sa["id"], c["channel"], where,
                                                      args), sa, audience)
+    # Launch records these as skipped: count them here too, by reason.
+    skipped: Counter[str] = Counter()
+    for g in await store.skip_groups(hub.pool, sa["id"], c["channel"], where, args):
+        skipped[g["reason"]] += sum(_zones([g], sa, audience).values())
+    skipped = +skipped  # drops the reasons the audience's zone filters left empty
     rate = await _rate(hub, c)
     now = datetime.now(UTC)
     p = projection.project(zones, now=now, start_at=c["start_at"], window=_window(c),
                            rate_per_s=rate)
+    warnings = list(p.warnings)
+    recipients = sum(zones.values())
+    for name, n in (await _blank_fields(hub, sa, c, audience, where, args)).items():
+        warnings.append(f"{{{{ {name} }}}} is blank for {n:,} of the {recipients:,} recipients "
+                        "and has no default: they get an empty gap")
+    if skipped:
+        warnings.append(f"{sum(skipped.values()):,} contacts of the audience will be skipped: "
+                        + ", ".join(f"{n:,} {_SKIP_WORDS[r]}" for r, n in sorted(skipped.items())))
     return {
-        "id": id_, "recipients": sum(zones.values()), "by_zone": zones, "rate_per_s": rate,
+        "id": id_, "recipients": recipients, "by_zone": zones, "rate_per_s": rate,
         "first_send_at": p.first_send_at, "finish_at": p.finish_at,
-        "unsendable": p.unsendable, "warnings": p.warnings,
+        "unsendable": p.unsendable + sum(skipped.values()), "warnings": warnings,
         "timeline": [{"start": b.start, "end": b.end, "sends": b.sends, "by_zone": b.by_zone}
                      for b in p.timeline],
     }
+
+
+async def _blank_fields(hub: Hub, sa: Row, c: Row, audience: Any, where: str,
+                        args: list[Any]) -> dict[str, int]:
+    """For each merge field without a default in the body or subject: how many of the
+    recipients have it blank (those present in the count only)."""
+    fields = {f.name: f.path for text in (c["body"], c["subject"]) if text
+              for f in parse(text).parts if isinstance(f, MergeField) and f.default is None}
+    blank: dict[str, int] = {}
+    for name, path in fields.items():
+        value, extra = "NULL::text", []  # unknown (stored before they were refused): blank
+        if name in MERGE_FIELDS:
+            value = f"c.{name}"  # a column name from our own list, never user input
+        elif path[0] == "custom":
+            value, extra = f"c.custom_fields #>> ${len(args) + 2}::text[]", [list(path[1:])]
+        groups = await audience_store.count_groups(
+            hub.pool, sa["id"], c["channel"], f"({where}) AND nullif(btrim({value}), '') IS NULL",
+            args + extra)
+        if n := sum(_zones(groups, sa, audience).values()):
+            blank[name] = n
+    return blank

@@ -11,7 +11,7 @@ import unicodedata
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -24,12 +24,12 @@ from hub.phones import phone_region
 from hub.projection import Projection, RecipientSlot, TimelineBucket, eta, project
 from hub.segments import MAX_BODY_CHARS, count_segments
 from hub.templates import parse
-from hub.timezones import validate_timezone
+from hub.timezones import SendWindow, validate_timezone
 
 __all__ = [
     "Action", "Audience", "AudienceFilter", "CampaignStatus", "ContentCheck", "FailureWindow",
     "Projection", "RecipientSlot", "TimelineBucket", "allowed_actions", "audience_sql",
-    "check_content", "eta", "parse_audience", "project", "transition",
+    "campaign_window", "check_content", "eta", "parse_audience", "project", "transition",
 ]
 
 INVALID_TRANSITION = "invalid_transition"
@@ -293,6 +293,13 @@ def parse_audience(data: Mapping[str, Any], *, field: str = "audience") -> Audie
     tags = {name: _tags(data.get(name), name, bad) for name in _TAG_LISTS}
     ids = _contact_ids(data.get("contact_ids"), bad)
     filters = _filters(data.get("filters"), bad)
+    if all_contacts is True:  # every other criterion narrows; only exclude_tags goes with it
+        for name, given in (("tags_any", tags["tags_any"]), ("tags_all", tags["tags_all"]),
+                            ("contact_ids", ids), ("filters", filters)):
+            if given:
+                bad(name, f"all_contacts sends to every contact, so {name} would narrow it "
+                    f"silently; remove {name} or set all_contacts to false",
+                    "conflicting_criteria")
     if not errors and not (all_contacts or tags["tags_any"] or tags["tags_all"] or ids
                            or filters):
         bad("", "choose who receives it: tags, contacts or filters, or set all_contacts "
@@ -481,10 +488,48 @@ def _filter_sql(f: AudienceFilter, p: Callable[[Any, str], str]) -> str:
     return f"{value} = ANY({p([_text(v) for v in values], 'text[]')})"
 
 
+# --- sending window --------------------------------------------------------------------------
+
+EMPTY_WINDOW = "empty_window"
+
+
+def campaign_window(start: time | None, end: time | None, sub_account: Mapping[str, Any]
+                    ) -> SendWindow:
+    """The campaign's daily sending window: as given, else (each end that is not given) the
+    sub-account's sending hours, i.e. outside its quiet hours. Fixed when the campaign is
+    created and stored on it, so launch, dry run, ETA and scheduler read one window.
+
+    A window whose start equals its end is refused (ValidationFailed naming window_start):
+    "09:00–09:00" reads as a one-instant window and would otherwise mean "any hour"."""
+    default = SendWindow.from_quiet_hours(sub_account["quiet_start"], sub_account["quiet_end"])
+    window = SendWindow(default.start if start is None else start,
+                        default.end if end is None else end)
+    if window.always_open:
+        where = ("" if start is not None and end is not None else
+                 f" (the sub-account's quiet hours are {_hm(sub_account['quiet_start'])}–"
+                 f"{_hm(sub_account['quiet_end'])})")
+        raise ValidationFailed.field(
+            "window_start", f"the window starts and ends at {_hm(window.start)}{where}; give "
+            "window_start and window_end that differ (00:00–23:59 sends at every hour but its last "
+            "minute)", EMPTY_WINDOW)
+    return window
+
+
+def _hm(t: time) -> str:
+    return t.strftime("%H:%M")
+
+
 # --- content checks --------------------------------------------------------------------------
 
 CHANNELS = ("sms", "mms", "email", "voice")
 MAX_MEDIA = 10
+#: The contact's fields the scheduler renders a campaign with, besides custom.<name>.
+MERGE_FIELDS = ("first_name", "last_name", "phone", "email")
+UNKNOWN_MERGE_FIELD = "unknown_merge_field"
+
+
+def _known_variable(name: str) -> bool:
+    return name in MERGE_FIELDS or name.startswith("custom.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,18 +552,28 @@ def check_content(
     sample_vars: Mapping[str, object] | None = None,
     *,
     smart_encoding: bool = False,
+    other_texts: Mapping[str, str | None] | None = None,
 ) -> ContentCheck:
-    """What the sample contact would receive, or ValidationFailed naming each bad field."""
+    """What the sample contact would receive, or ValidationFailed naming each bad field.
+    `other_texts` (field → text: an email's HTML, a call's words) are rendered per
+    recipient too, so they are checked as templates, not rendered here."""
     if channel not in CHANNELS:
         raise ValidationFailed.field("channel", f"one of {', '.join(CHANNELS)}",
                                      "invalid_channel")
     errors: list[FieldError] = []
     templates = {}
-    for name, text in (("body", body), ("subject", subject)):
+    for name, text in (("body", body), ("subject", subject), *(other_texts or {}).items()):
         try:
             templates[name] = parse(text or "", field=name)
         except ValidationFailed as exc:
             errors.extend(exc.errors)
+    for name, template in templates.items():
+        unknown = [v for v in template.variables if not _known_variable(v)]
+        if unknown:
+            errors.append(FieldError(name, f"unknown merge field{'s' if len(unknown) > 1 else ''}"
+                                     f" {', '.join(f'{{{{ {v} }}}}' for v in unknown)}; use "
+                                     f"{', '.join(MERGE_FIELDS)} or custom.<field name>",
+                                     UNKNOWN_MERGE_FIELD))
     if errors:
         raise ValidationFailed("; ".join(e.message for e in errors), errors=errors)
     sample = sample_vars or {}

@@ -158,11 +158,12 @@ def eta(
     window: SendWindow,
     rate_per_s: float,
     *,
+    start_at: datetime | None = None,
     horizon_days: int = 14,
 ) -> datetime | None:
-    """When the last remaining recipient should leave, starting now (same model as
-    `project`); None when that is beyond the horizon or the rate is 0."""
-    return project(remaining_by_zone, now=now, start_at=None, window=window,
+    """When the last remaining recipient should leave, starting at max(now, start_at) (same
+    model as `project`); None when that is beyond the horizon or the rate is 0."""
+    return project(remaining_by_zone, now=now, start_at=start_at, window=window,
                    rate_per_s=rate_per_s, horizon_days=horizon_days).finish_at
 
 

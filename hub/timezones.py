@@ -96,7 +96,9 @@ class SendWindow:
     """Wall-clock hours in which bulk sending is allowed: [start, end), every day.
 
     start > end wraps midnight (22:00–02:00). start == end means no quiet hours at all: a
-    zero-length window would stall a campaign forever, which is never what was meant.
+    zero-length window would stall a campaign forever, which is never what was meant. New
+    campaigns are refused such a window (`hub.campaigns.campaign_window`): it reads as
+    "never" as much as "always"; campaigns stored before that keep sending at any hour.
     """
 
     start: time = time(8)

@@ -500,7 +500,7 @@ def test_sms_reports_segments_encoding_and_blank_merge_fields() -> None:
 
 def test_sms_body_over_1600_after_merging_is_refused() -> None:
     with pytest.raises(ValidationFailed) as info:
-        check_content("sms", "{{ story }}", None, [], {"story": "y" * 1601})
+        check_content("sms", "{{ custom.story }}", None, [], {"custom": {"story": "y" * 1601}})
     assert [(e.field, e.code) for e in info.value.errors] == [("body", "too_long")]
     assert "1,601" in info.value.errors[0].message
 
@@ -514,7 +514,7 @@ def test_template_syntax_errors_name_body_or_subject() -> None:
 
 @pytest.mark.parametrize(("channel", "body", "subject", "media", "errors"), [
     ("email", "Hello", None, [], [("subject", "required")]),
-    ("email", "Hello", "{{ missing }}", [], [("subject", "required")]),
+    ("email", "Hello", "{{ custom.missing }}", [], [("subject", "required")]),
     ("mms", "", None, [f"https://cdn.example/{i}.jpg" for i in range(11)],
      [("media_urls", "too_many")]),
     ("mms", "", None, [], [("body", "required")]),

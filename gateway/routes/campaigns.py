@@ -3,7 +3,7 @@ stats with an ETA, recipients by status, and a dry run of the timeline."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
@@ -21,10 +21,16 @@ from gateway.schemas import (
 )
 from hub import campaign_actions as actions
 from hub.campaign_actions import snapshot
+from hub.campaigns import CampaignStatus
 from hub.pagination import make_page
 from hub.store import campaigns as store
 
 router = APIRouter(prefix="/v1/sub-accounts/{sa}/campaigns", tags=["campaigns"])
+
+#: What a recipient is filtered on: its own status until it has a message (pending,
+#: skipped, canceled), then its message's (never `received`: campaigns send).
+RecipientStatus = Literal["pending", "skipped", "canceled", "queued", "scheduled", "sending",
+                          "sent", "delivered", "read", "undelivered", "failed"]
 
 
 def _out(row: dict[str, Any]) -> CampaignOut:
@@ -41,7 +47,7 @@ async def _kick(request: Request, sub_account: dict[str, Any]) -> None:
 
 @router.get("", response_model=Page[CampaignOut])
 async def list_campaigns(hub: HubDep, sub_account: SubAccountDep, page: PageDep,
-                         status: Annotated[str | None, Query(max_length=20)] = None
+                         status: Annotated[CampaignStatus | None, Query()] = None
                          ) -> Page[CampaignOut]:
     rows = await store.list_page(hub.pool, sub_account["id"], status, page.cursor, page.limit)
     p = make_page(rows, page.limit)
@@ -55,6 +61,9 @@ async def create_campaign(hub: HubDep, principal: PrincipalDep, sub_account: Sub
                           key: IdempotencyKey = None) -> JSONResponse:
     async def work() -> tuple[int, CampaignOut]:
         data = body.model_dump(mode="python")
+        for end in ("window_start", "window_end"):  # not given: the sub-account's hours
+            if end not in body.model_fields_set:
+                data[end] = None
         data["voice"] = body.voice.model_dump(mode="json") if body.voice else None
         row = await actions.do_create_campaign(hub, sub_account, data)
         return 201, _out(row)
@@ -107,8 +116,8 @@ async def stats(hub: HubDep, sub_account: SubAccountDep, campaign_id: UUID) -> C
 @router.get("/{campaign_id}/recipients")
 async def recipients(
     hub: HubDep, sub_account: SubAccountDep, campaign_id: UUID,
-    status: Annotated[str | None, Query(max_length=20, description="pending, skipped, "
-                                        "canceled or a message status")] = None,
+    status: Annotated[RecipientStatus | None, Query(description="pending, skipped, "
+                                                    "canceled or a message status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[UUID | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
