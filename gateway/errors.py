@@ -53,14 +53,29 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 _MESSAGES = {
     "extra_forbidden": "unknown field; remove it or check its spelling",
     "missing": "required",
-    "json_invalid": "the body is not valid JSON",
 }
+
+
+def _malformed(e: dict[str, Any], doc: Any) -> dict[str, str]:
+    """A body that does not parse: where, as the JSON decoder says it (FastAPI's error
+    carries the character position in its `loc`, and the text it read as the body)."""
+    pos = e["loc"][-1] if isinstance(e["loc"][-1], int) else 0
+    where = f"character {pos}"
+    if isinstance(doc, str):
+        line, column = doc.count("\n", 0, pos) + 1, pos - doc.rfind("\n", 0, pos)
+        where = f"line {line}, column {column} ({where})"
+    reason = (e.get("ctx") or {}).get("error", "")
+    return {"field": "body", "code": "json_invalid",
+            "message": f"the body is malformed JSON: {reason or 'cannot parse'} at {where}"}
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     out = []
     for e in exc.errors():
         kind = e.get("type", "invalid")
+        if kind == "json_invalid":
+            out.append(_malformed(e, exc.body))
+            continue
         out.append({
             "field": _field_name(tuple(e.get("loc", ()))),
             "message": _MESSAGES.get(kind, e.get("msg", "invalid")),

@@ -7,13 +7,62 @@ from datetime import datetime, time
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string in `value` (keys of mappings included) holding a NUL
+    character, or None: PostgreSQL stores no NUL in text or JSON."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _nul_at(k, path) or _nul_at(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _nul_at(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _refuse_nul(value: Any, info: ValidationInfo) -> Any:
+    """`value`, or a validation error if a string in it holds a NUL character."""
+    field = info.field_name or ""
+    where = _nul_at(value, field)
+    if where is not None:
+        at = "" if where == field else f" at {where}"
+        raise PydanticCustomError("nul_character",
+                                  "contains a NUL character (\\u0000){at}; remove it",
+                                  {"at": at})
+    return value
+
+
+#: For a free-text query parameter, after its Query(): it refuses NUL as request bodies do.
+NoNul = AfterValidator(_refuse_nul)
+
+
 class Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every field of every request body, nested values included, refuses NUL."""
+        return _refuse_nul(value, info)
 
 
 class Output(BaseModel):
@@ -335,6 +384,9 @@ class MessageIn(Input):
 
 class ReplyIn(Input):
     body: str = Field("", max_length=1600)
+    subject: str | None = Field(None, max_length=998,
+                                description='email threads only; default "Re: " and the '
+                                            "thread's last subject")
     media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10)
     sender_id: UUID | None = None
 

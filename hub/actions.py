@@ -222,16 +222,21 @@ async def do_create_contact(hub: Hub, sub_account: Row, data: Row) -> Row:
     async with hub.transaction() as tx:
         row = await contact_store.insert(tx.conn, sub_account["id"], fields)
         if row is None:
-            existing = await contact_store.find_by_keys(
-                tx.conn, sub_account["id"], fields.get("phone"), fields.get("email_key")
-            )
-            field = "phone" if any(c["phone"] == fields.get("phone") for c in existing) \
-                else "email"
+            phone, key = fields.get("phone"), fields.get("email_key")
+            existing = await contact_store.find_by_keys(tx.conn, sub_account["id"], phone, key)
+            # Name the key another contact holds; both when two contacts hold one each.
+            taken = [f for f, hit in (
+                ("phone", phone is not None and any(c["phone"] == phone for c in existing)),
+                ("email", key is not None and any(
+                    c["email"] and email_key(c["email"]) == key for c in existing)),
+            ) if hit] or ["phone" if phone else "email"]
             raise Conflict(
-                f"a contact with this {field} exists (id {existing[0]['id'] if existing else '?'})"
+                f"a contact with this {' and '.join(taken)} exists "
+                f"(id {existing[0]['id'] if existing else '?'})"
                 "; update it, or use the upsert endpoint",
                 code="duplicate_contact",
-                errors=[FieldError(field, "already used by another contact", "duplicate")],
+                errors=[FieldError(f, "already used by another contact", "duplicate")
+                        for f in taken],
             )
         tx.emit(sub_account["id"], "contact.created", row)
     return row

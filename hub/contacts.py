@@ -3,6 +3,7 @@ sub-account's default region, validated emails, IANA time zones, clean tags."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,22 @@ from hub.timezones import validate_timezone
 MAX_TAGS = 100
 MAX_TAG_LENGTH = 64
 MAX_NAME_LENGTH = 200
+#: A search that could only be (part of) a phone number: digits and what people write
+#: between them.
+_PHONE_LIKE = re.compile(r"\+?[\d\s().\-]*\d[\d\s().\-]*")
+
+
+def phone_search(q: str, default_region: str) -> str:
+    """What a contact search for `q` looks for in the E.164 phones: a whole number written
+    any way (``(212) 555-0199``) as E.164; part of one as its digits (after `+` if it
+    starts with one); anything else as is."""
+    q = q.strip()
+    if not _PHONE_LIKE.fullmatch(q):
+        return q
+    try:
+        return normalize_phone(q, default_region)
+    except ValidationFailed:
+        return ("+" if q.startswith("+") else "") + re.sub(r"\D", "", q)
 
 
 def clean_contact(data: Mapping[str, Any], default_region: str, *, partial: bool = False,

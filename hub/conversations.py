@@ -1,5 +1,6 @@
 """Writers for a conversation's handling: assigning it to an agent and marking it read.
-Both publish `conversation.updated` on the conversation's topic, so every open inbox moves."""
+Both publish `conversation.updated` on the conversation's topic, so every open inbox moves.
+And the subject of an agent's reply in an email thread."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from hub.context import Hub
-from hub.errors import NotFound
+from hub.errors import NotFound, ValidationFailed
 from hub.store import conversations as store
 
 Row = dict[str, Any]
@@ -35,3 +36,20 @@ async def do_mark_read(hub: Hub, sub_account_id: UUID, id_: UUID) -> Row:
         if changed:
             tx.emit(sub_account_id, "conversation.updated", row, f"conversation:{id_}")
     return row
+
+
+async def reply_subject(hub: Hub, conversation: Row, subject: str | None) -> str | None:
+    """The subject of an agent's reply in `conversation`: in an email thread the one given,
+    or "Re: " and the thread's last subject; none in any other thread."""
+    if conversation["channel"] != "email":
+        if subject:
+            raise ValidationFailed.field("subject", "only a reply in an email thread has a "
+                                         "subject", "email_only")
+        return None
+    if subject:
+        return subject
+    last = await store.last_subject(hub.pool, conversation["sub_account_id"],
+                                    conversation["id"])
+    if last is None:  # the send asks for one
+        return None
+    return last if last[:3].lower() == "re:" else f"Re: {last}"

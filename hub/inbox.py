@@ -145,6 +145,20 @@ class Accounts:
         return token
 
 
+def _storable(value: Any) -> Any:
+    """`value` with each NUL character replaced by U+FFFD: PostgreSQL takes no NUL in text
+    or JSON, and refusing a provider's event would lose it (an inbound message above all).
+    Applied to what a callback says as soon as it is read, so that its lookups, its event
+    key and the stored payload all see the same text."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
 class InboxWriter:
     """Group commit for the inbox: the events of concurrent requests are written by one
     INSERT (at most `max_in_flight` at a time, each of at most `max_rows` events); a
@@ -231,8 +245,9 @@ class Inbox:
     async def receive_twilio(self, kind: str, url: str, pairs: Sequence[tuple[str, str]],
                              signature: str | None) -> int | None:
         """Verify and store one Twilio callback; its inbox id, or None for a duplicate.
-        Raises Rejected (403) or InvalidCallback (400); neither writes anything."""
-        form = dict(pairs)
+        Raises Rejected (403) or InvalidCallback (400); neither writes anything. The form
+        is read and stored `_storable`; the signature is checked on the `pairs` as sent."""
+        form = _storable(dict(pairs))
         payload = {"url": url, "form": form, "signature": signature}
         if kind == "sms_inbound":
             event = await self._verify_inbound(form, url, pairs, signature, payload)
@@ -347,7 +362,8 @@ class Inbox:
             data = json.loads(body)
         except ValueError:
             raise ValidationFailed.field("body", "not JSON", "json_invalid") from None
-        return [e for e in (data if isinstance(data, list) else [data]) if isinstance(e, dict)]
+        return [_storable(e) for e in (data if isinstance(data, list) else [data])
+                if isinstance(e, dict)]
 
 
 # --- applying ----------------------------------------------------------------------------

@@ -18,9 +18,11 @@ from gateway.schemas import (
     ImportErrorOut,
     ImportErrorsPage,
     ImportJobOut,
+    NoNul,
     Page,
 )
 from hub import actions, imports
+from hub.contacts import phone_search
 from hub.errors import NotFound, ValidationFailed
 from hub.pagination import make_page
 from hub.store import contacts as contact_store
@@ -32,12 +34,14 @@ router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["contacts"])
 @router.get("/contacts", response_model=Page[ContactOut])
 async def list_contacts(
     hub: HubDep, sub_account: SubAccountDep, page: PageDep,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[str | None, Query(max_length=64), NoNul] = None,
     q: Annotated[str | None,
-                 Query(max_length=200, description="phone, email or name prefix")] = None,
+                 Query(max_length=200, description="part of a phone number (written any "
+                       "way), an email's start or part of a name"), NoNul] = None,
 ) -> Page[ContactOut]:
+    phone = phone_search(q, sub_account["default_region"]) if q is not None else None
     rows = await contact_store.list_page(hub.pool, sub_account["id"], tag=tag, q=q,
-                                         cursor=page.cursor, limit=page.limit)
+                                         phone=phone, cursor=page.cursor, limit=page.limit)
     p = make_page(rows, page.limit)
     return Page[ContactOut](data=[ContactOut(**r) for r in p.data], has_more=p.has_more,
                             next_cursor=p.next_cursor)
@@ -87,7 +91,7 @@ async def list_imports(hub: HubDep, sub_account: SubAccountDep,
                      "file": {"type": "string", "format": "binary"}}}}}}})
 async def create_import(
     hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep, request: Request,
-    filename: Annotated[str | None, Query(max_length=255)] = None,
+    filename: Annotated[str | None, Query(max_length=255), NoNul] = None,
     key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Upload a CSV (`Content-Type: text/csv`, or a multipart `file` field). The job runs in

@@ -15,6 +15,7 @@ from gateway.deps import HubDep, IdempotencyKey, PrincipalDep, SubAccountDep
 from gateway.schemas import MessageIn, MessageOut, ReplyIn
 from hub import sending
 from hub.context import Hub
+from hub.conversations import reply_subject
 from hub.errors import NotFound, ValidationFailed
 from hub.store import messaging
 from hub.store import sending as send_store
@@ -99,7 +100,8 @@ async def reply(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep
         req = _req(body)
         req.update(channel=("mms" if req["media_urls"] else "sms")
                    if conversation["channel"] == "sms" else conversation["channel"],
-                   contact_id=conversation["contact_id"])
+                   contact_id=conversation["contact_id"],
+                   subject=await reply_subject(hub, conversation, body.subject))
         message = await sending.do_send_message(hub, sub_account, req, priority="reply",
                                                 conversation_id=conversation_id,
                                                 lease_to=_lease_to(request))

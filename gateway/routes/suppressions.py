@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from gateway import idempotency
 from gateway.deps import HubDep, IdempotencyKey, PageDep, PrincipalDep, SubAccountDep
-from gateway.schemas import Page, SuppressionIn, SuppressionOut
+from gateway.schemas import NoNul, Page, SuppressionIn, SuppressionOut
 from hub import actions
 from hub.errors import NotFound
 from hub.pagination import make_page
@@ -23,7 +23,8 @@ router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["suppressions"])
 async def list_suppressions(
     hub: HubDep, sub_account: SubAccountDep, page: PageDep,
     channel: Annotated[Literal["sms", "email", "voice"] | None, Query()] = None,
-    address: Annotated[str | None, Query(max_length=320, description="address prefix")] = None,
+    address: Annotated[str | None, Query(max_length=320, description="address prefix"),
+                       NoNul] = None,
     include_removed: Annotated[bool, Query()] = False,
 ) -> Page[SuppressionOut]:
     rows = await store.list_page(hub.pool, sub_account["id"], channel=channel,
@@ -62,7 +63,8 @@ async def get_suppression(hub: HubDep, sub_account: SubAccountDep,
 async def remove_suppression(
     hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep, suppression_id: UUID,
     reason: Annotated[str, Query(min_length=1, max_length=500,
-                                 description="why this address may be contacted again")],
+                                 description="why this address may be contacted again"),
+                      NoNul],
 ) -> SuppressionOut:
     row = await actions.do_remove_suppression(hub, sub_account["id"], suppression_id, reason,
                                               principal.actor)

@@ -63,18 +63,27 @@ async def delete(conn: Conn, sub_account_id: UUID, id_: UUID) -> bool:
     return status.endswith(" 1")
 
 
+def _like(text: str) -> str:
+    """`text` matched literally by LIKE (its `%`, `_` and `\\` escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 async def list_page(conn: Conn, sub_account_id: UUID, *, tag: str | None, q: str | None,
-                    cursor: Cursor | None, limit: int) -> list[Row]:
-    cond, args = keyset_clause(cursor, 4)
+                    cursor: Cursor | None, limit: int, phone: str | None = None) -> list[Row]:
+    """Newest first; with `q`, the contacts whose email starts with it or whose name holds
+    it, or whose phone holds `phone` (hub.contacts.phone_search of it)."""
+    cond, args = keyset_clause(cursor, 5)
     rows = await conn.fetch(
         f"""SELECT {CONTACT_COLS} FROM contacts
             WHERE sub_account_id = $1
               AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
-              AND ($3::text IS NULL OR phone LIKE $3 || '%' OR email_key LIKE lower($3) || '%'
+              AND ($3::text IS NULL OR phone LIKE '%' || $4::text || '%'
+                   OR email_key LIKE lower($3) || '%'
                    OR lower(first_name || ' ' || last_name) LIKE '%' || lower($3) || '%')
               AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
-        sub_account_id, tag, q, *args,
+        sub_account_id, tag, None if q is None else _like(q),
+        None if phone is None else _like(phone), *args,
     )
     return [dict(r) for r in rows]
 

@@ -36,6 +36,15 @@ async def mark_read(conn: Conn, sub_account_id: UUID, id_: UUID) -> tuple[Row | 
     return (dict(row) if row else None), False
 
 
+async def last_subject(conn: Conn, sub_account_id: UUID, id_: UUID) -> str | None:
+    """The subject of the conversation's latest message that has one."""
+    subject: str | None = await conn.fetchval(
+        """SELECT subject FROM messages
+           WHERE conversation_id = $1 AND sub_account_id = $2 AND subject <> ''
+           ORDER BY created_at DESC, id DESC LIMIT 1""", id_, sub_account_id)
+    return subject
+
+
 INBOX_TABS = ("mine", "unassigned", "all")
 
 
