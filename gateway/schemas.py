@@ -401,16 +401,24 @@ class CampaignIn(Input):
         description='who receives it: {"tags_any": [...], "tags_all": [...], '
                     '"exclude_tags": [...], "contact_ids": [...], "filters": [...]} or '
                     '{"all_contacts": true}')
-    body: str = Field("", max_length=100_000, description="template with {{merge_fields}}")
+    template_id: UUID | None = Field(
+        None, description="a saved template of the same channel: its body, subject and "
+                          "media are copied unless given here")
+    body: str | None = Field(None, max_length=100_000,
+                             description="text with {{merge_fields}}")
     subject: str | None = Field(None, max_length=998)
     html: str | None = Field(None, max_length=500_000)
-    media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10)
+    media_urls: list[HttpUrl] | None = Field(None, max_length=10)
     voice: VoiceIn | None = None
     sender_ids: list[UUID] = Field(default_factory=list, max_length=1000,
                                    description="sender pool; default: all of the channel's")
     start_at: datetime | None = None
-    window_start: time = Field(time(8), description="local sending window start")
-    window_end: time = Field(time(21), description="local sending window end")
+    window_start: time | None = Field(
+        None, description="local sending window start; default: the end of the "
+                          "sub-account's quiet hours")
+    window_end: time | None = Field(
+        None, description="local sending window end; default: the start of the "
+                          "sub-account's quiet hours")
     rate_cap: float | None = Field(None, gt=0, le=100_000, description="messages per second")
     failure_threshold: float = Field(0.2, gt=0, le=1,
                                      description="auto-pause above this failure share")

@@ -25,6 +25,7 @@ from hub.context import Hub
 from hub.errors import Conflict, NotFound, ValidationFailed
 from hub.store import audience as audience_store
 from hub.store import campaigns as store
+from hub.store import templates as template_store
 from hub.templates import MergeField, parse
 from hub.timezones import SendWindow, contact_timezone
 
@@ -40,6 +41,8 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
     audience = parse_audience(data["audience"])
     window = campaign_window(data.get("window_start"), data.get("window_end"), sa)
     channel = data["channel"]
+    if data.get("template_id") is not None:
+        data = await _from_template(hub, sa, data)
     voice = data.get("voice") or {}
     check_content(channel, data.get("body") or "", data.get("subject"),
                   [str(u) for u in data.get("media_urls") or []],
@@ -78,6 +81,21 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
         row = await store.insert(tx.conn, sa["id"], fields)
         tx.emit(sa["id"], "campaign.created", snapshot(row), f"campaign:{row['id']}")
     return row
+
+
+async def _from_template(hub: Hub, sa: Row, data: Row) -> Row:
+    """`data` with the saved template's text where none is given (copied: a later edit of
+    the template does not change the campaign)."""
+    template = await template_store.get(hub.pool, sa["id"], data["template_id"])
+    if template is None:
+        raise ValidationFailed.field("template_id", "no such template in this sub-account",
+                                     "not_found")
+    if template["channel"] != data["channel"]:
+        raise ValidationFailed.field(
+            "template_id", f"the template is for {template['channel']}, the campaign for "
+            f"{data['channel']}", "channel_mismatch")
+    return data | {f: template[f] for f in ("body", "subject", "media_urls")
+                   if data.get(f) is None}
 
 
 async def _locked(tx: Any, sa_id: UUID, id_: UUID) -> Row:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import httpx
 
+from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth
+from tests.test_campaign_fixes import setup
 
 
 def _url(sa: str, *rest: str) -> str:
@@ -134,3 +136,34 @@ async def test_templates_are_not_shared_between_sub_accounts(api: httpx.AsyncCli
     agency = auth(tenant.agency_key)
     assert (await api.get(_url(tenant.sa1, t["id"]), headers=agency)).json()["id"] == t["id"]
     assert (await api.get(_url(tenant.sa1), headers=agency)).json()["data"][0]["id"] == t["id"]
+
+
+async def test_a_campaign_starts_from_a_template_and_keeps_its_copy(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    await setup(hub, api, tenant)  # an SMS sender and contacts tagged "all"
+    h = auth(tenant.sa1_key)
+    t = (await _create(api, tenant, body="Hi {{first_name}}, spring sale!")).json()
+    campaigns = f"/v1/sub-accounts/{tenant.sa1}/campaigns"
+    spec = {"name": "Spring", "channel": "sms", "audience": {"tags_any": ["all"]},
+            "template_id": t["id"]}
+    r = await api.post(campaigns, headers=h, json=spec)
+    assert r.status_code == 201, r.text
+    c = r.json()
+    assert c["body"] == "Hi {{first_name}}, spring sale!"
+    # A copy: editing or deleting the template leaves the campaign as it was made.
+    await api.patch(_url(tenant.sa1, t["id"]), headers=h, json={"body": "Changed"})
+    assert (await api.get(f"{campaigns}/{c['id']}", headers=h)).json()["body"] == c["body"]
+    # Text given with the template wins; a template of another channel or sub-account is
+    # refused, naming template_id.
+    r = await api.post(campaigns, headers=h, json={**spec, "body": "Own text"})
+    assert r.status_code == 201 and r.json()["body"] == "Own text", r.text
+    email = (await _create(api, tenant, name="Mail", channel="email", subject="Hi",
+                           body="Hello")).json()
+    assert_problem(await api.post(campaigns, headers=h, json={**spec, "template_id": email["id"]}),
+                   422, field="template_id")
+    theirs = (await api.post(_url(tenant.sa2), headers=auth(tenant.sa2_key), json={
+        "name": "Theirs", "channel": "sms", "body": "Hello"})).json()
+    assert_problem(await api.post(campaigns, headers=h,
+                                  json={**spec, "template_id": theirs["id"]}),
+                   422, field="template_id")

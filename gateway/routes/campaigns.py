@@ -61,9 +61,6 @@ async def create_campaign(hub: HubDep, principal: PrincipalDep, sub_account: Sub
                           key: IdempotencyKey = None) -> JSONResponse:
     async def work() -> tuple[int, CampaignOut]:
         data = body.model_dump(mode="python")
-        for end in ("window_start", "window_end"):  # not given: the sub-account's hours
-            if end not in body.model_fields_set:
-                data[end] = None
         data["voice"] = body.voice.model_dump(mode="json") if body.voice else None
         row = await actions.do_create_campaign(hub, sub_account, data)
         return 201, _out(row)
