@@ -2,7 +2,8 @@
 into contacts set-wise; the file stays in PostgreSQL until the job ends, so a restart resumes
 it.
 
-Columns: phone, email, first_name, last_name, timezone, tags (separated by `;` or `|`);
+Columns: phone, email, first_name, last_name, timezone, tags (separated by `;` or `|`;
+the columns themselves by commas, or by the semicolons or tabs some spreadsheets write);
 any other column becomes a custom field. Headers are matched case-insensitively and common
 spellings ("Phone Number", "E-mail", "First Name") are understood.
 """
@@ -87,7 +88,7 @@ def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
     except UnicodeDecodeError as exc:
         raise ValidationFailed.field("file", f"not UTF-8 text (byte {exc.start}); export the "
                                      "CSV as UTF-8", "invalid_encoding") from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
     header = next(reader, None)
     if not header:
         raise ValidationFailed.field("file", "the file is empty; the first line must name the "
@@ -99,6 +100,13 @@ def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
                                      "`email`", "missing_column")
     values = (v for v in reader if any(x.strip() for x in v))
     return columns, list(enumerate(values, start=1))
+
+
+def _delimiter(text: str) -> str:
+    """The header line's separator: a comma, or the semicolon or tab a spreadsheet writes
+    where the comma is the decimal mark."""
+    header = text.split("\n", 1)[0]
+    return max((",", ";", "\t"), key=header.count) if header else ","
 
 
 def _validate(columns: list[str], rows: list[tuple[int, list[str]]], default_region: str

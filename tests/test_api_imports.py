@@ -138,3 +138,14 @@ def test_a_large_file_is_validated_in_worker_processes_with_the_same_result() ->
     assert [e[:2] for e in errors] == [(n, "phone") for n in range(997, total + 1, 997)]
     assert sorted(seen) == seen and seen[-1] == total
     assert len(seen) == -(-total // imports.PROGRESS_EVERY)  # one report per chunk
+
+
+def test_a_semicolon_or_tab_separated_file_is_read_by_its_header() -> None:
+    """Spreadsheets where the comma is the decimal mark write semicolons (or tabs)."""
+    for sep in (";", "\t"):
+        source = sep.join(["Phone", "First Name", "Tags", "Plan"]).encode() + b"\n" + \
+            sep.join(["+12125550123", "Ada", "vip|new", "gold, yearly"]).encode() + b"\n"
+        records, errors, total = imports.parse_csv(source, "US")
+        assert (errors, total) == ([], 1)
+        assert records[0][1] == "+12125550123" and records[0][4] == "Ada"
+        assert sorted(records[0][7]) == ["new", "vip"] and records[0][8] == {"Plan": "gold, yearly"}
