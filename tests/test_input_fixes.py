@@ -264,6 +264,15 @@ async def test_contact_search_is_literal_and_reads_phones_written_any_way(
     assert await found("love") == ["Ada"]
     assert await found("CY@") == ["100%"]
 
+    # The suppressions' address prefix is literal too.
+    sups = f"/v1/sub-accounts/{tenant.sa1}/suppressions"
+    for address in ("ab@example.com", "a_b@example.com"):
+        r = await api.post(sups, headers=h, json={"channel": "email", "address": address,
+                                                  "reason": "asked"})
+        assert r.status_code == 201, r.text
+    r = await api.get(sups, headers=h, params={"address": "a_"})
+    assert [s["address"] for s in r.json()["data"]] == ["a_b@example.com"]
+
 
 async def test_malformed_json_names_the_body_and_where(
     api: httpx.AsyncClient, tenant: Tenant

@@ -63,11 +63,6 @@ async def delete(conn: Conn, sub_account_id: UUID, id_: UUID) -> bool:
     return status.endswith(" 1")
 
 
-def _like(text: str) -> str:
-    """`text` matched literally by LIKE (its `%`, `_` and `\\` escaped)."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 async def list_page(conn: Conn, sub_account_id: UUID, *, tag: str | None, q: str | None,
                     cursor: Cursor | None, limit: int, phone: str | None = None) -> list[Row]:
     """Newest first; with `q`, the contacts whose email starts with it or whose name holds
@@ -82,8 +77,8 @@ async def list_page(conn: Conn, sub_account_id: UUID, *, tag: str | None, q: str
                    OR lower(first_name || ' ' || last_name) LIKE '%' || lower($3) || '%')
               AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
-        sub_account_id, tag, None if q is None else _like(q),
-        None if phone is None else _like(phone), *args,
+        sub_account_id, tag, None if q is None else sql.like_literal(q),
+        None if phone is None else sql.like_literal(phone), *args,
     )
     return [dict(r) for r in rows]
 

@@ -26,3 +26,8 @@ def update(table: str, where: dict[str, Any], fields: dict[str, Any], returning:
     cond = " AND ".join(f"{k} = ${i}" for i, k in enumerate(keys, start=1))
     sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {cond} RETURNING {returning}"
     return sql, [*where.values(), *fields.values()]
+
+
+def like_literal(text: str) -> str:
+    """`text` matched literally by LIKE (its `%`, `_` and `\\` escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

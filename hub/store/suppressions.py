@@ -9,6 +9,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from hub.pagination import Cursor, keyset_clause
+from hub.store.sql import like_literal
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
@@ -83,6 +84,7 @@ async def list_page(conn: Conn, sub_account_id: UUID, *, channel: str | None,
               AND ($3::text IS NULL OR address LIKE $3 || '%')
               AND ($4 OR removed_at IS NULL) AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
-        sub_account_id, channel, address, include_removed, *args,
+        sub_account_id, channel, None if address is None else like_literal(address),
+        include_removed, *args,
     )
     return [dict(r) for r in rows]

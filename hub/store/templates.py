@@ -8,6 +8,7 @@ from uuid import UUID
 import asyncpg
 
 from hub.pagination import Cursor, keyset_clause
+from hub.store.sql import like_literal
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
@@ -53,8 +54,7 @@ async def list_page(conn: Conn, sub_account_id: UUID, *, channel: str | None, q:
                     cursor: Cursor | None, limit: int) -> list[Row]:
     """Newest first; `q` matches a part of the name, whatever its case."""
     cond, args = keyset_clause(cursor, 5)
-    pattern = None if q is None else "%" + q.replace("\\", "\\\\").replace("%", "\\%") \
-        .replace("_", "\\_") + "%"
+    pattern = None if q is None else f"%{like_literal(q)}%"
     rows = await conn.fetch(
         f"""SELECT {COLS} FROM templates
             WHERE sub_account_id = $1 AND ($2::text IS NULL OR channel = $2)
