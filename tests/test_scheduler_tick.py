@@ -230,3 +230,26 @@ async def test_a_campaign_whose_template_no_longer_parses_pauses_and_the_rest_go
     assert {r["status"] for r in await hub.pool.fetch(
         "SELECT status FROM campaign_recipients WHERE campaign_id = $1", broken["id"])} == {
         "pending"}
+
+
+async def test_a_campaign_message_is_its_threads_latest(hub: Hub) -> None:
+    """The inbox shows a campaign's message as the thread's latest, as it does a single
+    send's: a new thread gets it, and so does one the contact already had."""
+    fresh, known = await _campaigns(hub, await _principal(hub), 2, 5007, quiet=False)
+    contact = await hub.pool.fetchval(
+        "SELECT id FROM contacts WHERE sub_account_id = $1 AND phone = $2",
+        known["sa"], known["open"])
+    await hub.pool.execute(
+        """INSERT INTO conversations (sub_account_id, contact_id, channel, last_message_at,
+               last_message_preview)
+           VALUES ($1, $2, 'sms', now() - interval '1 day', 'an older text')""",
+        known["sa"], contact)
+    core = SchedulerCore("scheduler:test5007", (5007,), hub.pool, hub.redis)
+    assert await core.tick() == 2
+    rows = await hub.pool.fetch(
+        """SELECT m.campaign_id, c.last_message_preview, c.last_message_at > now() - interval
+                  '1 minute' AS recent, c.id = m.conversation_id AS same
+           FROM messages m JOIN conversations c ON c.contact_id = m.contact_id
+           WHERE m.campaign_id = ANY($1::uuid[])""", [fresh["id"], known["id"]])
+    assert sorted((r["last_message_preview"], r["recent"], r["same"]) for r in rows) == \
+        [("Hi Pat", True, True)] * 2

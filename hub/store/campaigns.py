@@ -266,11 +266,20 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
     if not messages:
         return []
     col = {k: [m[k] for m in messages] for k in messages[0]}
+    # The thread shows the campaign's message as its latest, as it does a single send's
+    # (no event per thread: a campaign touches too many at once for the live feed).
     await conn.execute(
-        """INSERT INTO conversations (sub_account_id, contact_id, channel)
-           SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])
-           ON CONFLICT DO NOTHING""",
-        col["sub_account_id"], col["contact_id"], col["conv_channel"])
+        """INSERT INTO conversations (sub_account_id, contact_id, channel, last_message_at,
+               last_message_preview)
+           SELECT DISTINCT ON (sa, contact, channel) sa, contact, channel, now(),
+                  left(body, 140)
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+                AS u(sa, contact, channel, body)
+           ON CONFLICT (sub_account_id, contact_id, channel) DO UPDATE
+               SET last_message_at = excluded.last_message_at,
+                   last_message_preview = excluded.last_message_preview,
+                   updated_at = now()""",
+        col["sub_account_id"], col["contact_id"], col["conv_channel"], col["body"])
     # Every value comes with its row, and the two lookups are subqueries on unique keys: the
     # plan cannot turn them into a scan of every conversation (which a join did, at 1,000
     # rows a statement, as soon as the small tables had no statistics).
