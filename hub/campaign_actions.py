@@ -98,6 +98,33 @@ async def _from_template(hub: Hub, sa: Row, data: Row) -> Row:
                    if data.get(f) is None}
 
 
+async def do_duplicate_campaign(hub: Hub, sa: Row, id_: UUID) -> Row:
+    """A new draft with the campaign's content, audience, window and limits (not its start
+    time), sending through those of its senders that still exist: how a finished or
+    canceled campaign is sent again."""
+    c = await get_campaign(hub, sa["id"], id_)
+    senders = [r["id"] for r in await hub.pool.fetch(
+        "SELECT id FROM senders WHERE id = ANY($1::uuid[]) AND sub_account_id = $2",
+        c["sender_ids"], sa["id"])]
+    data = {k: c[k] for k in ("channel", "audience", "body", "subject", "html", "media_urls",
+                              "voice", "window_start", "window_end", "rate_cap",
+                              "failure_threshold")}
+    return await do_create_campaign(hub, sa, data | {
+        "name": f"{c['name'][:193]} (copy)", "sender_ids": senders, "start_at": None})
+
+
+async def do_delete_campaign(hub: Hub, sa: Row, id_: UUID) -> None:
+    """Only a draft: a launched campaign keeps its recipients and history (cancel it)."""
+    async with hub.transaction() as tx:
+        c = await _locked(tx, sa["id"], id_)
+        if c["status"] != "draft":
+            raise Conflict(f"a {c['status']} campaign keeps its recipients and history, so "
+                           "only a draft can be deleted; cancel it instead, or duplicate it",
+                           code="campaign_not_draft")
+        await tx.conn.execute("DELETE FROM campaigns WHERE id = $1", id_)
+        tx.emit(sa["id"], "campaign.deleted", {"id": str(id_)}, f"campaign:{id_}")
+
+
 async def _locked(tx: Any, sa_id: UUID, id_: UUID) -> Row:
     row = await store.get(tx.conn, sa_id, id_, lock=True)
     if row is None:

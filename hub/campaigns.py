@@ -129,6 +129,8 @@ def _refusal(current: CampaignStatus, action: Action) -> str:
         return f"this campaign was already launched and is {current}; {can}{extra}"
     if _DONE[action] == current.value or (action is A.RESUME and current is S.RUNNING):
         return f"the campaign is already {current}; {can}"
+    if current is S.DRAFT:  # not launched: nothing to cancel, and it may be deleted
+        return f"a draft campaign cannot be {_DONE[action]}; it can only be launched or deleted"
     return f"a {current} campaign cannot be {_DONE[action]}; {can}"
 
 

@@ -192,3 +192,38 @@ async def test_the_dry_run_warns_of_merge_fields_blank_for_some_recipients(
                     "they get an empty gap",
                     "{{ custom.tier.name }} is blank for 3 of the 4 recipients and has no "
                     "default: they get an empty gap"], dry["warnings"]
+
+
+async def test_a_draft_can_be_deleted_and_any_campaign_duplicated(
+        hub: Hub, api: httpx.AsyncClient, tenant: Tenant) -> None:
+    await setup(hub, api, tenant)
+    h = auth(tenant.sa1_key)
+    campaigns = f"/v1/sub-accounts/{tenant.sa1}/campaigns"
+    draft = await created(api, tenant, window_start="09:00", window_end="17:00", rate_cap=2)
+    assert (await api.delete(f"{campaigns}/{draft['id']}", headers=h)).status_code == 204
+    assert_problem(await api.get(f"{campaigns}/{draft['id']}", headers=h), 404,
+                   "campaign_not_found")
+
+    sent = await created(api, tenant, window_start="09:00", window_end="17:00", rate_cap=2)
+    refused = await api.post(f"{campaigns}/{sent['id']}/cancel", headers=h)
+    assert "deleted" in assert_problem(refused, 409, "invalid_transition")["detail"]
+    r = await api.post(f"{campaigns}/{sent['id']}/launch", headers=h)
+    assert r.status_code == 200, r.text
+    assert (await api.post(f"{campaigns}/{sent['id']}/cancel", headers=h)).status_code == 200
+    assert_problem(await api.delete(f"{campaigns}/{sent['id']}", headers=h), 409,
+                   "campaign_not_draft")
+    relaunch = await api.post(f"{campaigns}/{sent['id']}/launch", headers=h)
+    assert "duplicate it" in assert_problem(relaunch, 409, "invalid_transition")["detail"]
+
+    r = await api.post(f"{campaigns}/{sent['id']}/duplicate", headers=h)
+    assert r.status_code == 201, r.text
+    copy = r.json()
+    assert copy["id"] != sent["id"] and copy["status"] == "draft"
+    assert copy["name"] == "Sale (copy)" and copy["recipients_total"] == 0
+    same = ("channel", "audience", "body", "sender_ids", "window_start", "window_end",
+            "rate_cap", "failure_threshold")
+    assert {k: copy[k] for k in same} == {k: sent[k] for k in same}
+    assert (await api.post(f"{campaigns}/{copy['id']}/launch", headers=h)).status_code == 200
+    other = auth(tenant.sa2_key)
+    assert (await api.post(f"/v1/sub-accounts/{tenant.sa2}/campaigns/{sent['id']}/duplicate",
+                           headers=other)).status_code == 404

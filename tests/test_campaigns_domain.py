@@ -87,7 +87,7 @@ def test_refusals_read_as_plain_sentences() -> None:
     assert refusal("running", "resume") == (
         "the campaign is already running; it can be paused or canceled")
     assert refusal("draft", "cancel") == (
-        "a draft campaign cannot be canceled; it can only be launched")
+        "a draft campaign cannot be canceled; it can only be launched or deleted")
     assert "duplicate it" in refusal("completed", "launch")
 
 

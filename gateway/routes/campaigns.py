@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway import idempotency
@@ -72,6 +72,25 @@ async def create_campaign(hub: HubDep, principal: PrincipalDep, sub_account: Sub
 async def get_campaign(hub: HubDep, sub_account: SubAccountDep,
                        campaign_id: UUID) -> CampaignOut:
     return _out(await actions.get_campaign(hub, sub_account["id"], campaign_id))
+
+
+@router.delete("/{campaign_id}", status_code=204)
+async def delete_campaign(hub: HubDep, sub_account: SubAccountDep,
+                          campaign_id: UUID) -> Response:
+    """Deletes a draft; a launched campaign is 409 (cancel it instead)."""
+    await actions.do_delete_campaign(hub, sub_account, campaign_id)
+    return Response(status_code=204)
+
+
+@router.post("/{campaign_id}/duplicate", status_code=201, response_model=CampaignOut)
+async def duplicate(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
+                    campaign_id: UUID, request: Request,
+                    key: IdempotencyKey = None) -> JSONResponse:
+    """A new draft with this campaign's content, audience, window and limits."""
+    async def work() -> tuple[int, CampaignOut]:
+        return 201, _out(await actions.do_duplicate_campaign(hub, sub_account, campaign_id))
+
+    return await idempotency.run(hub, principal, key, "POST", request.url.path, None, work)
 
 
 @router.post("/{campaign_id}/launch", response_model=CampaignOut)
