@@ -72,11 +72,23 @@ def _clean_sub_account(fields: Row) -> Row:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _check_quiet_hours(row: Row) -> None:
+    """Quiet hours that start where they end would be empty; campaigns take their window
+    from them, where an empty window is refused too (hub.campaigns.campaign_window)."""
+    if row["quiet_start"] == row["quiet_end"]:
+        at = row["quiet_start"].strftime("%H:%M")
+        raise ValidationFailed.field(
+            "quiet_start", f"quiet hours from {at} to {at} are empty; give a start and an end "
+            "that differ (21:00 to 08:00 is usual; a campaign that must send at any hour can "
+            "set its window to 00:00-23:59)", "empty_quiet_hours")
+
+
 async def do_create_sub_account(hub: Hub, principal: Principal, fields: Row) -> Row:
     principal.require_agency()
     fields = _clean_sub_account(dict(fields))
     async with hub.transaction() as tx:
         row = await tenants.insert_sub_account(tx.conn, principal.agency_id, fields)
+        _check_quiet_hours(row)
         tx.emit(row["id"], "sub_account.created", row)
     return row
 
@@ -87,6 +99,7 @@ async def do_update_sub_account(hub: Hub, sub_account_id: UUID, fields: Row) -> 
         row = await tenants.update_sub_account(tx.conn, sub_account_id, fields)
         if row is None:
             raise NotFound("no such sub-account", code="sub_account_not_found")
+        _check_quiet_hours(row)
         tx.emit(sub_account_id, "sub_account.updated", row)
     return row
 
