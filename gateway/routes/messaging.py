@@ -14,6 +14,7 @@ from gateway.schemas import (
     Input,
     MessageDetail,
     MessageOut,
+    NoNul,
     Page,
     StatusChange,
 )
@@ -35,9 +36,15 @@ async def list_conversations(
     hub: HubDep, sub_account: SubAccountDep, page: PageDep,
     contact_id: Annotated[UUID | None, Query()] = None,
     unread: Annotated[bool | None, Query(description="only threads with unread messages")] = None,
+    assignee: Annotated[str | None, Query(
+        max_length=200, description="only threads assigned to this assignee"), NoNul] = None,
+    unassigned: Annotated[bool | None, Query(
+        description="true: only threads nobody is assigned; false: only assigned ones")] = None,
 ) -> Page[ConversationOut]:
     rows = await messaging.list_conversations(hub.pool, sub_account["id"], contact_id=contact_id,
-                                              unread=unread, cursor=page.cursor, limit=page.limit)
+                                              unread=unread, assignee=assignee,
+                                              unassigned=unassigned, cursor=page.cursor,
+                                              limit=page.limit)
     p = make_page(rows, page.limit)
     return Page[ConversationOut](data=[ConversationOut(**r) for r in p.data],
                                  has_more=p.has_more, next_cursor=p.next_cursor)

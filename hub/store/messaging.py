@@ -33,15 +33,18 @@ async def get_conversation(conn: Conn, sub_account_id: UUID, id_: UUID) -> Row |
 
 
 async def list_conversations(conn: Conn, sub_account_id: UUID, *, contact_id: UUID | None,
-                             unread: bool | None, cursor: Cursor | None,
-                             limit: int) -> list[Row]:
-    cond, args = keyset_clause(cursor, 4)
+                             unread: bool | None, cursor: Cursor | None, limit: int,
+                             assignee: str | None = None,
+                             unassigned: bool | None = None) -> list[Row]:
+    cond, args = keyset_clause(cursor, 6)
     rows = await conn.fetch(
         f"""SELECT {CONVERSATION_COLS} FROM conversations
             WHERE sub_account_id = $1 AND ($2::uuid IS NULL OR contact_id = $2)
-              AND ($3::bool IS NULL OR (unread_count > 0) = $3) AND {cond}
+              AND ($3::bool IS NULL OR (unread_count > 0) = $3)
+              AND ($4::text IS NULL OR assignee = $4)
+              AND ($5::bool IS NULL OR (assignee IS NULL) = $5) AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
-        sub_account_id, contact_id, unread, *args,
+        sub_account_id, contact_id, unread, assignee, unassigned, *args,
     )
     return [dict(r) for r in rows]
 
