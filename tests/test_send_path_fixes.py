@@ -162,6 +162,22 @@ async def test_requeued_and_unknown_outcomes_are_recorded_and_published(
 # --- 3, 4. campaign subjects and voice scripts --------------------------------------------
 
 
+async def _launched_emails(api: httpx.AsyncClient, tenant: Tenant,
+                           carrier_log: httpx.AsyncClient, campaign: dict[str, Any],
+                           n: int) -> list[dict[str, Any]]:
+    """Launch the campaign; the carrier's requests for its `n` emails."""
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/campaigns/{campaign['id']}/launch",
+                       headers=auth(tenant.sa1_key))
+    assert r.status_code == 200, r.text
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        emails = [q for q in await carrier_requests(carrier_log) if q["channel"] == "email"]
+        return emails if len(emails) == n else None
+
+    found: list[dict[str, Any]] = await wait_for(delivered, timeout=30)
+    return found
+
+
 async def test_email_campaign_subjects_are_rendered_per_recipient(
     hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,
     carrier_log: httpx.AsyncClient
@@ -175,15 +191,7 @@ async def test_email_campaign_subjects_are_rendered_per_recipient(
     c = await make_campaign(api, tenant, channel="email", body="Hi {{first_name}}",
                             subject='{{first_name | default: "Friend"}}, our spring offers '
                                     "are here")
-    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/campaigns/{c['id']}/launch",
-                       headers=auth(tenant.sa1_key))
-    assert r.status_code == 200, r.text
-
-    async def delivered() -> list[dict[str, Any]] | None:
-        emails = [q for q in await carrier_requests(carrier_log) if q["channel"] == "email"]
-        return emails if len(emails) == 2 else None
-
-    emails = await wait_for(delivered, timeout=30)
+    emails = await _launched_emails(api, tenant, carrier_log, c, 2)
     assert sorted((q["to"], q["subject"]) for q in emails) == [
         ("lee@example.com", "Friend, our spring offers are here"),
         ("pat@example.com", "Pat, our spring offers are here")]
@@ -247,15 +255,7 @@ async def test_email_html_reaches_the_provider(
         uuid.UUID(tenant.sa1))
     c = await make_campaign(api, tenant, channel="email", subject="News", body="Hi",
                             html="<h1>Hi {{first_name}}</h1>")
-    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/campaigns/{c['id']}/launch",
-                       headers=auth(tenant.sa1_key))
-    assert r.status_code == 200, r.text
-
-    async def delivered() -> list[dict[str, Any]] | None:
-        emails = [q for q in await carrier_requests(carrier_log) if q["channel"] == "email"]
-        return emails if len(emails) == 2 else None
-
-    emails = await wait_for(delivered, timeout=30)
+    emails = await _launched_emails(api, tenant, carrier_log, c, 2)
     assert sorted((q["to"], q["html"], q["body"]) for q in emails) == [
         ("pat@example.com", "<h1>Hi Pat</h1>", "Hi"),
         ("sam@example.com", "<p>Thanks, <b>Sam</b></p>", "Thanks")]
