@@ -43,7 +43,7 @@ from hub.segments import count_segments
 from hub.sender_pool import choose_sender
 from hub.store import campaigns as store
 from hub.store import sending as send_store
-from hub.templates import parse
+from hub.templates import merge_variables, parse
 from hub.timezones import SendWindow, contact_timezone
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,7 @@ class _Plan:
 
     def message(self, r: dict[str, Any], to: str) -> dict[str, Any]:
         c = self.c
-        variables = {"first_name": r["first_name"], "last_name": r["last_name"],
-                     "phone": r["phone"], "email": r["email"],
-                     "custom": r["custom_fields"] or {}}
+        variables = merge_variables(r)
         body = self.template.render(variables).text
         subject = self.subject.render(variables).text if self.subject else c["subject"]
         html = self.html.render(variables).text if self.html else c["html"]

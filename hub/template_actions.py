@@ -14,16 +14,9 @@ from hub.context import Hub
 from hub.errors import Conflict, FieldError, NotFound
 from hub.store import contacts as contact_store
 from hub.store import templates as store
+from hub.templates import merge_variables
 
 Row = dict[str, Any]
-
-
-def merge_variables(contact: Row | None) -> dict[str, Any]:
-    """The merge fields a contact gives a template: what campaigns render with."""
-    c = contact or {}
-    return {"first_name": c.get("first_name"), "last_name": c.get("last_name"),
-            "phone": c.get("phone"), "email": c.get("email"),
-            "custom": c.get("custom_fields") or {}}
 
 
 def _checked(fields: Row) -> Row:

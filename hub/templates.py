@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from hub.errors import FieldError, ValidationFailed
 
@@ -152,3 +153,12 @@ def render(template: str | Template, variables: Mapping[str, object]) -> Rendere
     """Render `template` (compiled once per distinct text) with `variables`."""
     compiled = template if isinstance(template, Template) else _compiled(template)
     return compiled.render(variables)
+
+
+def merge_variables(contact: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The merge fields a contact (a `contacts` row) gives a template: what campaigns,
+    previews and the compose check all render with."""
+    c = contact or {}
+    return {"first_name": c.get("first_name"), "last_name": c.get("last_name"),
+            "phone": c.get("phone"), "email": c.get("email"),
+            "custom": c.get("custom_fields") or {}}

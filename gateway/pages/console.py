@@ -26,7 +26,7 @@ from hub.store import audience as audience_store
 from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
 from hub.store import tenants
-from hub.template_actions import merge_variables
+from hub.templates import merge_variables
 from hub.timezones import contact_timezone
 from hub.users import Role
 
