@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 NAMESPACE = uuid.UUID("6f1c7a52-5b0e-4d5e-9a57-1c2f9e1d3b10")
 #: Recipients a campaign's counts may cover per second of the scheduler's time.
 COUNT_ROWS_PER_S = 100_000
+#: A campaign pauses itself when its failure threshold is reached among the last this many
+#: messages its run sent or tried.
+FAILURE_WINDOW = 200
 
 
 def _address_channel(channel: str) -> str:
@@ -105,12 +108,6 @@ def record_counts(window: FailureWindow, ok: int, failed: int) -> None:
     total = ok + failed
     for i in range(max(0, total - window.size), total):
         window.record((i + 1) * failed // total == i * failed // total)
-
-
-def _outcomes(counts: dict[str, int]) -> tuple[int, int]:
-    """(succeeded, failed) among a campaign's message counts by status."""
-    return (sum(counts.get(s, 0) for s in ("sent", "delivered", "read")),
-            sum(counts.get(s, 0) for s in ("failed", "undelivered")))
 
 
 @dataclass(frozen=True)
@@ -194,8 +191,6 @@ class SchedulerCore:
         self._senders: dict[UUID, tuple[float, list[dict[str, Any]]]] = {}
         self._drain: dict[UUID, Drain] = {}
         self._created: dict[UUID, int] = {}  # created since the campaign's last backlog count
-        #: window, ok and failed counted so far, and the run they belong to (`updated_at`)
-        self._failures: dict[UUID, tuple[FailureWindow, int, int, datetime]] = {}
         #: No campaign had a message outstanding or a recipient due at the last tick.
         self.idle = True
         # One pass at a time: a kick (launch, resume) racing the loop's own tick could read a
@@ -242,10 +237,10 @@ class SchedulerCore:
         self.idle = not any(c["backlog"] or c["due"] for c in running)
         due = [c for c in running if self._counts_due(c)]
         counts = await store.counts_many(self.pool, [c["id"] for c in due]) if due else {}
-        new_runs = [(c["id"], c["updated_at"]) for c in due if self._new_run(c)]
-        settled = await store.counts_before(self.pool, new_runs) if new_runs else {}
-        paused = {c["id"] for c in due if await self._failure_tripped(
-            c, counts.get(c["id"], {}), settled.get(c["id"], {}))}
+        outcomes = await store.recent_outcomes(
+            self.pool, [(c["id"], c["updated_at"]) for c in due], FAILURE_WINDOW) if due else {}
+        paused = {c["id"] for c in due
+                  if await self._failure_tripped(c, *outcomes.get(c["id"], (0, 0)))}
         finished = await self._complete([
             c for c in running if c["id"] not in paused and not created.get(c["id"])
             and c["backlog"] == 0 and not c["pending_left"]])
@@ -271,7 +266,6 @@ class SchedulerCore:
         """Drop what this shard tracks for a campaign that stopped (or left its slots)."""
         self._drain.pop(campaign_id, None)
         self._created.pop(campaign_id, None)
-        self._failures.pop(campaign_id, None)
         self._last_progress.pop(campaign_id, None)
         self._reported.pop(campaign_id, None)
         self._senders.pop(campaign_id, None)
@@ -373,32 +367,11 @@ class SchedulerCore:
                     "owner": self.owner, "error": f"{type(exc).__name__}: {exc}"})
         return dict(Counter(made[row["id"]]["campaign_id"] for row in created))
 
-    def _new_run(self, c: dict[str, Any]) -> bool:
-        """Whether the campaign's failure window has not seen its current run yet (a run
-        begins at its start or a resume: the `updated_at` of a running campaign)."""
-        seen = self._failures.get(c["id"])
-        return seen is None or seen[3] != c["updated_at"]
-
-    async def _failure_tripped(self, c: dict[str, Any], counts: dict[str, int],
-                               settled: dict[str, int]) -> bool:
-        """Feed the outcomes since the last look into the campaign's failure window; pause
-        the campaign, naming its top error, once the window trips. The window judges one
-        run of the campaign: at the first look at a run, what had `settled` before it began
-        is history (the marketer has seen it and resumed)."""
-        ok, failed = _outcomes(counts)
-        seen = self._failures.get(c["id"])
-        if seen is None or seen[3] != c["updated_at"]:  # the first look at this run
-            window = FailureWindow(size=200, threshold=float(c["failure_threshold"]))
-            ok_before, failed_before = _outcomes(settled)
-            if ok + failed - ok_before - failed_before > window.size:
-                # More than a window's worth (a restart mid-run): all of it is history.
-                ok_before, failed_before = ok, failed
-            seen = (window, ok_before, failed_before, c["updated_at"])
-        window, ok_before, failed_before, run = seen
-        new_failed = max(0, failed - failed_before)
-        record_counts(window, max(0, (ok + failed) - (ok_before + failed_before) - new_failed),
-                      new_failed)
-        self._failures[c["id"]] = (window, ok, failed, run)
+    async def _failure_tripped(self, c: dict[str, Any], ok: int, failed: int) -> bool:
+        """Pause the campaign, naming its top error, when too many of the last messages of
+        its current run failed (`ok` and `failed` among them: `store.recent_outcomes`)."""
+        window = FailureWindow(size=FAILURE_WINDOW, threshold=float(c["failure_threshold"]))
+        record_counts(window, ok, failed)
         if not window.tripped():
             return False
         errors = {str(e["error_code"]): int(e["n"])

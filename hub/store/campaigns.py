@@ -369,19 +369,29 @@ async def counts_many(conn: Conn, campaign_ids: list[UUID]) -> dict[UUID, dict[s
     return out
 
 
-async def counts_before(conn: Conn,
-                        runs: list[tuple[UUID, datetime]]) -> dict[UUID, dict[str, int]]:
-    """(campaign, when its run began) → the campaign's messages by status, of those whose
-    status last changed before then: what a run (a resume) found already settled."""
+#: Message statuses a campaign's failure window counts as sent well, and as failed.
+_SUCCEEDED = ("sent", "delivered", "read")
+_FAILED = ("failed", "undelivered")
+
+
+async def recent_outcomes(conn: Conn, runs: list[tuple[UUID, datetime]],
+                          size: int) -> dict[UUID, tuple[int, int]]:
+    """(campaign, when its run began) → (succeeded, failed) among the last `size` messages
+    the run sent or tried, as they stand now. A late `undelivered` receipt counts against
+    its own message, wherever that was in the run; what settled before the run began (a
+    resume) is history the marketer has seen."""
     rows = await conn.fetch(
-        """SELECT m.campaign_id, m.status, count(*) AS n
-           FROM unnest($1::uuid[], $2::timestamptz[]) AS k(id, at)
-           JOIN messages m ON m.campaign_id = k.id AND m.updated_at < k.at
-           GROUP BY 1, 2""", [r[0] for r in runs], [r[1] for r in runs])
-    out: dict[UUID, dict[str, int]] = {}
-    for r in rows:
-        out.setdefault(r["campaign_id"], {})[r["status"]] = int(r["n"])
-    return out
+        f"""SELECT k.id, w.ok, w.failed
+            FROM unnest($1::uuid[], $2::timestamptz[]) AS k(id, at)
+            CROSS JOIN LATERAL (
+                SELECT count(*) FILTER (WHERE last.status IN {_SUCCEEDED}) AS ok,
+                       count(*) FILTER (WHERE last.status IN {_FAILED}) AS failed
+                FROM (SELECT m.status FROM messages m
+                      WHERE m.campaign_id = k.id AND m.status IN {_SUCCEEDED + _FAILED}
+                        AND coalesce(m.sent_at, m.failed_at) >= k.at
+                      ORDER BY coalesce(m.sent_at, m.failed_at) DESC LIMIT $3) last) w""",
+        [r[0] for r in runs], [r[1] for r in runs], size)
+    return {r["id"]: (int(r["ok"]), int(r["failed"])) for r in rows}
 
 
 async def unqueue(conn: asyncpg.Connection, campaign_id: UUID) -> int:
