@@ -65,7 +65,11 @@ def migrate() -> None:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether the gateway can listen on the port. With SO_REUSEADDR, as uvicorn binds:
+    the connections of a hub just stopped linger in TIME-WAIT for a minute, and would
+    otherwise keep it from starting again while carriers' callbacks fail."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
