@@ -275,6 +275,9 @@ class ConversationOut(Output):
 
 class StatusChange(Output):
     status: str
+    source: Literal["hub", "provider"] = Field(
+        description="who moved the message: the hub, or the provider's receipt (then "
+                    "provider_status and error_code are the provider's own)")
     provider_status: str | None
     error_code: str | None
     occurred_at: datetime

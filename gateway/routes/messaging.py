@@ -41,11 +41,13 @@ async def list_conversations(
     unassigned: Annotated[bool | None, Query(
         description="true: only threads nobody is assigned; false: only assigned ones")] = None,
 ) -> Page[ConversationOut]:
+    """Threads by latest message, newest first; threads with no message yet come last. A
+    thread that gets a message while you page may be listed twice or skipped."""
     rows = await messaging.list_conversations(hub.pool, sub_account["id"], contact_id=contact_id,
                                               unread=unread, assignee=assignee,
                                               unassigned=unassigned, cursor=page.cursor,
                                               limit=page.limit)
-    p = make_page(rows, page.limit)
+    p = make_page(rows, page.limit, by_activity=True)
     return Page[ConversationOut](data=[ConversationOut(**r) for r in p.data],
                                  has_more=p.has_more, next_cursor=p.next_cursor)
 

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hub.pagination import BY_ACTIVITY
 from hub.store.messaging import CONVERSATION_COLS
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -67,13 +68,14 @@ async def inbox_counts(conn: Conn, sub_account_id: UUID, me: str) -> dict[str, R
 
 async def inbox_page(conn: Conn, sub_account_id: UUID, tab: str, me: str,
                      limit: int) -> list[Row]:
-    """The newest threads of a tab, with who they are with."""
+    """The threads of a tab with the latest activity (the API's order), with who they are
+    with."""
     rows = await conn.fetch(
         f"""SELECT c.id, c.channel, c.unread_count, c.last_message_at, c.last_message_preview,
                    c.assignee, k.first_name, k.last_name, k.phone, k.email
             FROM conversations c JOIN contacts k ON k.id = c.contact_id
             WHERE c.sub_account_id = $1 AND ($2::text IS NOT NULL) AND {_tab_clause(tab)}
-            ORDER BY c.last_message_at DESC NULLS LAST, c.id DESC LIMIT $3""",
+            ORDER BY {BY_ACTIVITY.format(p="c.")} LIMIT $3""",
         sub_account_id, me, limit)
     return [dict(r) for r in rows]
 
