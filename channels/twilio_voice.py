@@ -15,7 +15,8 @@ machines needs a TwiML URL that branches on `AnsweredBy` (a gateway route), not 
 Call statuses map onto the hub's lifecycle in one table (CALL_STATUS_MAP): queued,
 initiated and ringing are `sending` (the handset has not picked up, nothing was conveyed);
 in-progress is `sent`; completed is `delivered` (to a person or, with a voicemail drop, a
-machine); busy and no-answer are `undelivered`; failed `failed`; canceled `canceled`.
+machine); busy and no-answer are `undelivered`; failed `failed`; canceled `canceled`. A call
+that ends so with no ErrorCode records its status as the error code (`call_error`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from channels.twilio_sms import InvalidCallback, LookupFailed, with_message_id
 from hub.status import Status
 
 __all__ = ["CALL_STATUS_MAP", "STATUS_CALLBACK_EVENTS", "TwilioVoiceAdapter", "build_twiml",
-           "call_form", "parse_call_status"]
+           "call_error", "call_form", "parse_call_status"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ CALL_STATUS_MAP: dict[str, Status] = {
     "busy": Status.UNDELIVERED, "no-answer": Status.UNDELIVERED,
     "failed": Status.FAILED, "canceled": Status.CANCELED,
 }
+#: Calls that end without connecting; Twilio rarely gives an ErrorCode, the status is why.
+NOT_CONNECTED = frozenset({"busy", "no-answer", "canceled", "failed"})
 STATUS_CALLBACK_EVENTS = ("initiated", "ringing", "answered", "completed")
 MACHINE_DETECTION = "DetectMessageEnd"
 
@@ -144,12 +147,19 @@ class TwilioVoiceAdapter:
         return StatusUpdate(provider="twilio", provider_message_id=found.sid,
                             status=CALL_STATUS_MAP.get(raw, Status.SENDING),
                             provider_status=raw, message_id=message_id,
+                            error_code=call_error(raw, None),
                             event_key=f"{found.sid}:fetch:{raw}",
                             occurred_at=found.date_updated)
 
     async def close(self) -> None:
         if self._owns_transport:
             await self._transport.close()
+
+
+def call_error(status: str, code: str | None) -> str | None:
+    """The error code to record: Twilio's own, else, for a call that ended without
+    connecting, its status (`busy`, `no-answer`, …), so a failed call always says why."""
+    return code or (status if status in NOT_CONNECTED else None)
 
 
 def parse_call_status(form: Mapping[str, str], query: Mapping[str, str]) -> StatusUpdate:
@@ -167,7 +177,7 @@ def parse_call_status(form: Mapping[str, str], query: Mapping[str, str]) -> Stat
             occurred = parsedate_to_datetime(form["Timestamp"])
         except (TypeError, ValueError):
             occurred = None
-    code = (form.get("ErrorCode") or "").strip() or None
+    code = call_error(raw, (form.get("ErrorCode") or "").strip() or None)
     return StatusUpdate(provider="twilio", provider_message_id=sid, status=status,
                         provider_status=raw, message_id=query.get("message_id") or None,
                         error_code=code,

@@ -365,11 +365,17 @@ class AgencyCreated(BaseModel):
 
 
 class VoiceIn(Input):
-    say: str | None = Field(None, max_length=4000)
+    say: str | None = Field(None, max_length=4000,
+                            description="words the call speaks; default: the body")
     voice: str | None = Field(None, max_length=50)
     language: str | None = Field(None, max_length=20)
-    play_url: HttpUrl | None = None
-    voicemail_say: str | None = Field(None, max_length=4000)
+    play_url: HttpUrl | None = Field(None, description="audio the call plays; default: the "
+                                                       "one media URL")
+    voicemail_say: str | None = Field(
+        None, max_length=4000,
+        description="with it (or voicemail_play_url) the call waits for answering-machine "
+                    "detection and plays this instead of say/play_url to whoever answered, "
+                    "a person too: write it to make sense live")
     voicemail_play_url: HttpUrl | None = None
 
 

@@ -20,6 +20,7 @@ from hub.campaigns import (
     check_content,
     parse_audience,
     transition,
+    voice_script,
 )
 from hub.context import Hub
 from hub.errors import Conflict, NotFound, ValidationFailed
@@ -44,13 +45,12 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
     if data.get("template_id") is not None:
         data = await _from_template(hub, sa, data)
     voice = data.get("voice") or {}
-    check_content(channel, data.get("body") or "", data.get("subject"),
-                  [str(u) for u in data.get("media_urls") or []],
+    media = [str(u) for u in data.get("media_urls") or []]
+    check_content(channel, data.get("body") or "", data.get("subject"), media,
                   other_texts={"html": data.get("html"), "voice.say": voice.get("say"),
-                               "voice.voicemail_say": voice.get("voicemail_say")})
-    if channel == "voice" and not (voice.get("say") or voice.get("play_url")):
-        raise ValidationFailed.field("voice", "a voice campaign needs voice.say or "
-                                     "voice.play_url", "required")
+                               "voice.voicemail_say": voice.get("voicemail_say")},
+                  voice=voice)
+    script = voice_script(data.get("body") or "", media, voice) if channel == "voice" else None
     sender_ids: list[UUID] = list(data.get("sender_ids") or [])
     async with hub.transaction() as tx:
         # FOR SHARE: a sender being deleted now is either gone here or sees this campaign
@@ -72,9 +72,8 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
         fields = {
             "name": data["name"], "channel": channel, "audience": audience.to_json(),
             "body": data.get("body") or "", "subject": data.get("subject"),
-            "html": data.get("html"),
-            "media_urls": [str(u) for u in data.get("media_urls") or []],
-            "voice": data.get("voice"), "sender_ids": found, "start_at": data.get("start_at"),
+            "html": data.get("html"), "media_urls": media, "voice": script,
+            "sender_ids": found, "start_at": data.get("start_at"),
             "window_start": window.start, "window_end": window.end,
             "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
         }

@@ -27,9 +27,10 @@ from hub.templates import parse
 from hub.timezones import SendWindow, validate_timezone
 
 __all__ = [
-    "Action", "Audience", "AudienceFilter", "CampaignStatus", "ContentCheck", "FailureWindow",
-    "Projection", "RecipientSlot", "TimelineBucket", "allowed_actions", "audience_sql",
-    "campaign_window", "check_content", "eta", "parse_audience", "project", "transition",
+    "NO_CALL_SCRIPT", "NO_MMS_MEDIA", "Action", "Audience", "AudienceFilter", "CampaignStatus",
+    "ContentCheck", "FailureWindow", "Projection", "RecipientSlot", "TimelineBucket",
+    "allowed_actions", "audience_sql", "campaign_window", "check_content", "eta",
+    "parse_audience", "project", "transition", "voice_script",
 ]
 
 INVALID_TRANSITION = "invalid_transition"
@@ -530,6 +531,23 @@ MERGE_FIELDS = ("first_name", "last_name", "phone", "email")
 UNKNOWN_MERGE_FIELD = "unknown_merge_field"
 
 
+#: Why a call or an MMS is refused, in the words of both the one-off send and campaigns.
+NO_CALL_SCRIPT = ("a call needs words to say (voice.say, or body) or an audio URL "
+                  "(voice.play_url, or one media URL)")
+NO_MMS_MEDIA = "an MMS needs at least one media URL; send an SMS instead"
+
+
+def voice_script(body: str, media_urls: Sequence[str],
+                 voice: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a call says and plays, the one rule of the one-off send, replies, templates and
+    campaigns: `voice.say`, else `body`; `voice.play_url`, else the (one) media URL. None
+    when it would neither say nor play anything."""
+    script = dict(voice or {})
+    script["say"] = next((t for t in (script.get("say"), body) if t and t.strip()), None)
+    script["play_url"] = script.get("play_url") or (str(media_urls[0]) if media_urls else None)
+    return script if script["say"] or script["play_url"] else None
+
+
 def _known_variable(name: str) -> bool:
     return name in MERGE_FIELDS or name.startswith("custom.")
 
@@ -555,10 +573,12 @@ def check_content(
     *,
     smart_encoding: bool = False,
     other_texts: Mapping[str, str | None] | None = None,
+    voice: Mapping[str, Any] | None = None,
 ) -> ContentCheck:
     """What the sample contact would receive, or ValidationFailed naming each bad field.
     `other_texts` (field → text: an email's HTML, a call's words) are rendered per
-    recipient too, so they are checked as templates, not rendered here."""
+    recipient too, so they are checked as templates, not rendered here. `voice` is a
+    call's script (`voice_script` says what the call says and plays)."""
     if channel not in CHANNELS:
         raise ValidationFailed.field("channel", f"one of {', '.join(CHANNELS)}",
                                      "invalid_channel")
@@ -596,10 +616,10 @@ def check_content(
         bad("media_urls", "a voice call plays at most one audio file", "too_many")
     if channel in ("sms", "email") and not text.strip():
         bad("body", "the message is empty", "required")
-    if channel == "mms" and not (text.strip() or media_urls):
-        bad("body", "an MMS needs text or media", "required")
-    if channel == "voice" and not (text.strip() or media_urls):
-        bad("body", "a call needs words to say or an audio URL", "required")
+    if channel == "mms" and not media_urls:
+        bad("media_urls", NO_MMS_MEDIA, "required")
+    if channel == "voice" and voice_script(text, media_urls, voice) is None:
+        bad("voice.say", NO_CALL_SCRIPT, "required")
     if channel == "email" and not title.text.strip():
         bad("subject", "an email campaign needs a subject", "required")
     if channel in ("sms", "mms") and len(text) > MAX_BODY_CHARS:

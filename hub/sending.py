@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+from hub.campaigns import NO_CALL_SCRIPT, NO_MMS_MEDIA, voice_script
 from hub.context import Hub
 from hub.emails import email_key, normalize_email
 from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
@@ -25,12 +26,16 @@ MAX_MEDIA = 10
 
 
 def _check_content(channel: str, body: str, subject: str | None, media_urls: list[str],
-                   voice: Row | None) -> tuple[int, str | None]:
+                   voice: Row | None) -> tuple[int, str | None, Row | None]:
+    """(segments, encoding, the call's script) of a message that fits its channel; the
+    channel rules are those of campaigns (`hub.campaigns`), without merge fields."""
     errors: list[FieldError] = []
-    segments, encoding = 1, None
+    segments, encoding, script = 1, None, None
     if channel in ("sms", "mms"):
-        if not body and not media_urls:
-            errors.append(FieldError("body", "a text message needs a body or media", "required"))
+        if channel == "sms" and not body:
+            errors.append(FieldError("body", "an SMS needs a body", "required"))
+        if channel == "mms" and not media_urls:
+            errors.append(FieldError("media_urls", NO_MMS_MEDIA, "required"))
         if len(body) > MAX_BODY_CHARS:
             errors.append(FieldError("body", f"at most {MAX_BODY_CHARS} characters "
                                      f"(this is {len(body)})", "too_long"))
@@ -46,13 +51,17 @@ def _check_content(channel: str, body: str, subject: str | None, media_urls: lis
             errors.append(FieldError("subject", "an email needs a subject", "required"))
         if not body:
             errors.append(FieldError("body", "an email needs a body", "required"))
-    elif channel == "voice" and not (voice and (voice.get("say") or voice.get("play_url"))):
-        errors.append(FieldError("voice", "a call needs voice.say or voice.play_url",
-                                 "required"))
+    elif channel == "voice":
+        script = voice_script(body, media_urls, voice)
+        if script is None:
+            errors.append(FieldError("voice.say", NO_CALL_SCRIPT, "required"))
+        if len(media_urls) > 1:
+            errors.append(FieldError("media_urls", "a voice call plays at most one audio file",
+                                     "too_many"))
     if errors:
         raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors),
                                errors=errors)
-    return segments, encoding
+    return segments, encoding, script
 
 
 async def _resolve_contact(hub: Hub, conn: Any, sa: Row, channel: str,
@@ -171,8 +180,8 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
     channel = req["channel"]
     body = req.get("body") or ""
     media = list(req.get("media_urls") or [])
-    segments, encoding = _check_content(channel, body, req.get("subject"), media,
-                                        req.get("voice"))
+    segments, encoding, voice = _check_content(channel, body, req.get("subject"), media,
+                                               req.get("voice"))
     async with hub.transaction() as tx:
         conn = tx.conn
         contact, address = await _resolve_contact(hub, conn, sa, channel,
@@ -188,7 +197,7 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
         row = await conn.fetchrow(
             _PERSIST, sa["id"], contact["id"], channel, priority, sender["id"],
             sender["provider_account_id"], sender["address"], address, req.get("subject"),
-            body, media, req.get("voice"), segments, encoding, compliance,
+            body, media, voice, segments, encoding, compliance,
             SENDER_CHANNEL[channel], body or req.get("subject") or "",
             lease_to(channel, slot) if lease_to else None, hub.settings.lease_s,
             req.get("html"))

@@ -517,9 +517,9 @@ def test_template_syntax_errors_name_body_or_subject() -> None:
     ("email", "Hello", "{{ custom.missing }}", [], [("subject", "required")]),
     ("mms", "", None, [f"https://cdn.example/{i}.jpg" for i in range(11)],
      [("media_urls", "too_many")]),
-    ("mms", "", None, [], [("body", "required")]),
+    ("mms", "Hi", None, [], [("media_urls", "required")]),
     ("sms", "Hi", None, ["https://cdn.example/a.jpg"], [("media_urls", "not_allowed")]),
-    ("voice", "  ", None, [], [("body", "required")]),
+    ("voice", "  ", None, [], [("voice.say", "required")]),
     ("voice", "", None, ["ftp://x/a.mp3"], [("media_urls.0", "invalid_url")]),
 ])
 def test_each_channel_needs_its_own_parts(
