@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -93,15 +94,17 @@ def freeze_startup_heap() -> None:
 
 
 def create_app(settings: Settings, database_url: str, redis_url: str, *,
-               apply_webhooks: bool = True) -> FastAPI:
+               apply_webhooks: bool = True, applier_metrics: Path | None = None) -> FastAPI:
     """`apply_webhooks=False`: this process does not apply the webhook inbox, a
-    `python -m hub.applier` beside it does (as `hub serve` runs it)."""
+    `python -m hub.applier` beside it does (as `hub serve` runs it), writing its metrics
+    in Prometheus's multiprocess files in `applier_metrics`, which `/metrics` serves."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = await Hub.open(settings, database_url, redis_url)
         app.state.hub = hub
         app.state.apply_webhooks = apply_webhooks
+        app.state.applier_metrics = applier_metrics
         app.state.jobs = jobs = Jobs()
         await _resume_imports(hub, jobs)
         app.state.actors = None

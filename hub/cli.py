@@ -7,10 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -77,11 +79,13 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-async def _applier(services: Services) -> None:
+async def _applier(services: Services, metrics_dir: Path) -> None:
     """The webhook applier (hub/applier.py) in a process of its own, restarted if it dies,
-    stopped with the gateway."""
+    stopped with the gateway. It writes its metrics (receipts, keyword opt-outs) in
+    Prometheus's multiprocess files in `metrics_dir`, which the gateway's `/metrics` serves;
+    a restarted applier's counters add to its predecessors'."""
     env = {**os.environ, "DATABASE_URL": services.database_url,
-           "REDIS_URL": services.redis_url}
+           "REDIS_URL": services.redis_url, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     while True:
         # Its own session: Ctrl-C reaches the gateway, which then stops it.
         proc = await asyncio.create_subprocess_exec(
@@ -101,12 +105,13 @@ async def _serve(settings: Settings, services: Services,
                  on_started: object = None) -> None:
     from gateway.app import create_app
 
+    metrics_dir = Path(tempfile.mkdtemp(prefix="hub-applier-metrics-"))
     application = create_app(settings, services.database_url, services.redis_url,
-                             apply_webhooks=False)
+                             apply_webhooks=False, applier_metrics=metrics_dir)
     config = uvicorn.Config(application, host=settings.host, port=settings.port,
                             log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    applier = asyncio.create_task(_applier(services))
+    applier = asyncio.create_task(_applier(services, metrics_dir))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -120,6 +125,7 @@ async def _serve(settings: Settings, services: Services,
     finally:
         applier.cancel()
         await asyncio.gather(applier, return_exceptions=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command()

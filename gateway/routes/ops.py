@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics as gauges
 from gateway.deps import HubDep
@@ -52,6 +52,7 @@ async def readyz(hub: HubDep) -> dict[str, object] | Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(hub: HubDep) -> Response:
+async def metrics(request: Request, hub: HubDep) -> Response:
     await gauges.refresh(hub)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(gauges.exposition(request.app.state.applier_metrics),
+                    media_type=CONTENT_TYPE_LATEST)
