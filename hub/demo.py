@@ -365,8 +365,11 @@ async def _summary(client: DemoClient, console: Console,
     for sa, c in campaigns:
         s = await client.get(f"/v1/sub-accounts/{sa['id']}/campaigns/{c['id']}/stats")
         counts = ", ".join(f"{k} {v:,}" for k, v in sorted(s["counts"].items()))
-        console.print(f"{sa['name']} · {c['channel']}: {counts}")
-        if s["counts"].get("pending"):
+        console.print(f"{sa['name']} · {c['channel']} ({s['status']}): {counts}")
+        if s["status"] == "paused":
+            console.print(f"   [yellow]{s.get('paused_reason') or 'paused'}[/yellow]; "
+                          f"resume it with POST .../campaigns/{c['id']}/resume")
+        elif s["counts"].get("pending"):
             console.print(f"   {s['counts']['pending']:,} wait for 08:00–21:00 in their own "
                           f"time zone (ETA {s['eta'] or 'n/a'})")
         for e in s["top_errors"][:3]:
