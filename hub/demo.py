@@ -365,7 +365,7 @@ async def _summary(client: DemoClient, console: Console,
     for sa, c in campaigns:
         s = await client.get(f"/v1/sub-accounts/{sa['id']}/campaigns/{c['id']}/stats")
         counts = ", ".join(f"{k} {v:,}" for k, v in sorted(s["counts"].items()))
-        console.print(f"{sa['name']} · {c['channel']} ({s['status']}): {counts}")
+        console.print(f"{sa['name']} · {c['channel']}: {counts} ({s['status']})")
         if s["status"] == "paused":
             console.print(f"   [yellow]{s.get('paused_reason') or 'paused'}[/yellow]; "
                           f"resume it with POST .../campaigns/{c['id']}/resume")
