@@ -50,6 +50,10 @@ CHANNEL_KINDS = {
 
 async def do_create_agency(hub: Hub, name: str) -> tuple[Row, str]:
     """A new agency and its first agency API key (returned once, stored hashed)."""
+    name = name.strip()
+    if not name:
+        raise ValidationFailed.field("name", "must not be blank: give the agency a name",
+                                     "required")
     key, prefix, key_hash = new_api_key()
     async with hub.transaction() as tx:
         agency = await tenants.insert_agency(tx.conn, name)

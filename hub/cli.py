@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 import typer
 import uvicorn
@@ -25,6 +26,8 @@ from config.logging import setup_logging
 from config.settings import Settings
 from hub import db
 from hub.embedded import Services, start_services
+from hub.errors import HubError
+from hub.users import Role
 
 app = typer.Typer(help="Switchboard messaging hub.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -196,35 +199,61 @@ def create_agency(name: str) -> None:
 
     try:
         print(json.dumps(asyncio.run(run())))
+    except HubError as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from exc
     finally:
         services.stop()
+
+
+def _grants(values: list[str]) -> dict[UUID, Role]:
+    """`--grant SUB_ACCOUNT_ID:ROLE` options, checked as they are parsed (before the password
+    prompt): one role per sub-account."""
+    grants: dict[UUID, Role] = {}
+    for value in values:
+        sa, _, role = value.partition(":")
+        try:
+            sa_id, grants_role = UUID(sa), Role(role)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{value!r}: use SUB_ACCOUNT_ID:ROLE with ROLE admin, "
+                                     "marketer or agent") from exc
+        if sa_id in grants:
+            raise typer.BadParameter(f"sub-account {sa_id} is granted twice; give it one role")
+        grants[sa_id] = grants_role
+    return grants
+
+
+def _checked_grants(values: list[str]) -> list[str]:
+    _grants(values)
+    return values
+
+
+def _agency_id(value: str) -> str:
+    try:
+        UUID(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not an agency id (a UUID)") from exc
+    return value
 
 
 @admin.command("create-user")
 def create_user(
     email: str,
-    agency: Annotated[str, typer.Option(help="the agency id the user belongs to")],
+    agency: Annotated[str, typer.Option(help="the agency id the user belongs to",
+                                        callback=_agency_id)],
     grant: Annotated[list[str], typer.Option(
-        help="SUB_ACCOUNT_ID:ROLE with ROLE admin, marketer or agent (repeatable)")],
+        help="SUB_ACCOUNT_ID:ROLE with ROLE admin, marketer or agent (repeatable)",
+        callback=_checked_grants)],
     name: Annotated[str, typer.Option(help="display name")] = "",
     password: Annotated[str, typer.Option(
         prompt=True, hide_input=True, confirmation_prompt=True, envvar="HUB_NEW_PASSWORD",
         help="at least 10 characters (prompted when not given)")] = "",
 ) -> None:
     """Create a user who signs in to the pages at /app, and print it as JSON."""
-    from uuid import UUID
-
     from hub.context import Hub
-    from hub.errors import HubError
-    from hub.users import Role, do_create_user
+    from hub.users import do_create_user
 
-    try:
-        agency_id = UUID(agency)
-        grants = {UUID(g.split(":", 1)[0]): Role(g.split(":", 1)[1]) for g in grant}
-    except (ValueError, IndexError) as exc:
-        console.print("[red]--agency must be a UUID and each --grant SUB_ACCOUNT_ID:ROLE "
-                      "(admin, marketer or agent)[/red]")
-        raise typer.Exit(2) from exc
+    agency_id, grants = UUID(agency), _grants(grant)
     settings = _settings()
     services = _services(settings)
 

@@ -176,6 +176,9 @@ async def do_create_user(hub: Hub, agency_id: UUID, email: str, password: str, n
     email = normalise_email(email)
     check_password(password)
     async with hub.transaction() as tx:
+        if not await tx.conn.fetchval("SELECT EXISTS (SELECT 1 FROM agencies WHERE id = $1)",
+                                      agency_id):
+            raise NotFound(f"no agency {agency_id}", code="agency_not_found")
         for sa_id in grants:
             sa = await tenants.get_sub_account(tx.conn, sa_id)
             if sa is None or sa["agency_id"] != agency_id:
