@@ -1,5 +1,7 @@
 """Every error leaves the gateway as RFC 9457 `application/problem+json` with a stable `code`
-and, for validation, `errors[]` naming each field. This is the one place that mapping lives."""
+and, for validation, `errors[]` naming each field; the web pages under /app get the same
+error in words, as an HTML page (or, for an htmx request, a fragment). This is the one place
+that mapping lives."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.pages.common import error_page
 from hub.errors import HubError
 
 log = logging.getLogger(__name__)
@@ -106,22 +109,78 @@ def problem_for(exc: Exception, path: str) -> JSONResponse:
                    "the time and path", path)
 
 
+def _wants_page(request: Request) -> bool:
+    """A page under /app answers in HTML unless the caller asks for JSON only; the API
+    always answers with the problem document."""
+    path = request.url.path
+    if path != "/app" and not path.startswith("/app/"):
+        return False
+    accept = request.headers.get("accept", "")
+    return "html" in accept or "json" not in accept
+
+
+#: The pages' path and query parameters, as the people who follow the links call them.
+_PAGE_PARAMS = {"sa": "sub-account id", "c": "conversation id", "conversation_id":
+                "conversation id", "campaign_id": "campaign id", "tab": "inbox tab"}
+#: What a page says for the errors whose own words are for API clients.
+_PAGE_WORDS: dict[int | str, tuple[str, str]] = {
+    404: ("Page not found", "There is no page at this address. Check the link you followed."),
+    405: ("Not allowed here", "This page cannot be used that way. Go back and try again."),
+    "csrf_failed": ("The form expired", "Reload the page and try again."),
+}
+
+
+def _page_field(e: dict[str, Any]) -> str:
+    name = str(e.get("loc", ("",))[-1])
+    what = _PAGE_PARAMS.get(name, name.replace("_", " "))
+    if e.get("type") == "missing":
+        return f"The {what} is missing."
+    given = str(e.get("input", ""))
+    return f"“{given[:80]}{'…' if len(given) > 80 else ''}” is not a valid {what}."
+
+
+def _page(request: Request, exc: Exception, problem_doc: JSONResponse) -> Response:
+    """The error as the pages show it: the problem's title and detail, in words."""
+    status = problem_doc.status_code
+    headers = {k: v for k, v in problem_doc.headers.items()
+               if k.lower() not in ("content-type", "content-length")}
+    if isinstance(exc, RequestValidationError):
+        return error_page(request, status, "This address is not valid",
+                          " ".join(_page_field(e) for e in exc.errors()) +
+                          " Check the link you followed.", headers)
+    if isinstance(exc, HubError):
+        title, detail = _PAGE_WORDS.get(exc.code, (exc.title, exc.detail))
+        return error_page(request, status, title, detail, headers)
+    if isinstance(exc, StarletteHTTPException) and exc.status_code in _PAGE_WORDS:
+        return error_page(request, status, *_PAGE_WORDS[exc.status_code], headers)
+    if isinstance(exc, StarletteHTTPException):
+        return error_page(request, status, "Something went wrong", str(exc.detail), headers)
+    return error_page(request, status, "Something went wrong",
+                      "Something went wrong on our side. Try again in a moment; if it keeps "
+                      "happening, tell your admin the time and this page's address.", headers)
+
+
+def answer(request: Request, exc: Exception, problem_doc: JSONResponse) -> Response:
+    """The problem document, or for a page the same error in words."""
+    return _page(request, exc, problem_doc) if _wants_page(request) else problem_doc
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HubError)
-    async def hub_error(request: Request, exc: HubError) -> JSONResponse:
-        return problem_for(exc, request.url.path)
+    async def hub_error(request: Request, exc: HubError) -> Response:
+        return answer(request, exc, problem_for(exc, request.url.path))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         errors = validation_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem(422, "validation_failed", "Validation failed", detail,
-                       request.url.path, errors)
+        return answer(request, exc, problem(422, "validation_failed", "Validation failed",
+                                            detail, request.url.path, errors))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_for(exc, request.url.path)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return answer(request, exc, problem_for(exc, request.url.path))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return problem_for(exc, request.url.path)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return answer(request, exc, problem_for(exc, request.url.path))

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import exposition
 from hub.store.suppressions import OPT_OUTS
-from hub.webhook_actions import RECEIPTS
+from hub.webhook_actions import RECEIPTS  # noqa: F401  (the gateway defines it too)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -339,3 +339,75 @@ async def _assigned(world: World, t: Tenant) -> bool:
     async with httpx.AsyncClient(base_url=world.base) as c:
         r = await c.get(f"/v1/sub-accounts/{t.sa1}/conversations", headers=auth(t.sa1_key))
     return any(c["assignee"] for c in r.json()["data"])
+
+
+async def test_the_campaign_form_says_what_is_wrong_once_on_the_field(
+    world: World, api: httpx.AsyncClient, browser: Browser
+) -> None:
+    t = world.tenant
+    await add_contacts(api, t, 3)
+    page = await sign_in(browser, world.base, "marketer@b.example")
+    await page.goto(f"{world.base}/app/sa/{t.sa1}/campaigns/new")
+    await page.get_by_label("Campaign name").fill("Typos")
+    box = page.locator("[data-form-error]")
+    create = page.get_by_role("button", name="Create and preview")
+
+    # A bad country: the live count and the submit both say it in the form's words, once,
+    # and the field is marked.
+    await page.get_by_text("More filters").click()
+    regions = page.get_by_label("Phone number's country")
+    await regions.fill("us, XX")
+    await expect(page.locator("#audience-count")).to_contain_text(
+        "Country: “XX” is not a two-letter region code")
+    await create.click()
+    await expect(box).to_have_text("Country: “XX” is not a two-letter region code such as "
+                                   "US or GB")
+    await expect(regions).to_have_attribute("aria-invalid", "true")
+    await regions.fill("us")
+
+    # An unknown merge field: said once, on the message.
+    body = page.get_by_label("Message", exact=True)
+    await body.fill("Hi {{frist_name}}!")
+    await expect(page.locator("#preview .error")).to_contain_text("unknown merge field")
+    await create.click()
+    await expect(box).to_contain_text("Message: unknown merge field {{ frist_name }}")
+    assert (await box.text_content() or "").count("unknown merge field") == 1
+    await expect(body).to_have_attribute("aria-invalid", "true")
+    await expect(regions).not_to_have_attribute("aria-invalid", "true")
+    await body.fill("Hi {{first_name}}!")
+
+    # A custom value without a field name is not dropped in silence.
+    value = page.get_by_label("is (empty: has any value")
+    await value.fill("gold")
+    await expect(page.locator("#audience-count")).to_contain_text("Custom field: name the")
+    await create.click()
+    await expect(box).to_contain_text("Custom field: name the custom field")
+    await expect(page.get_by_label("Custom field")).to_have_attribute("aria-invalid", "true")
+    await value.fill("")
+
+    # A start in the past: the compose check warns (the browser sends the instant it means).
+    await page.get_by_label("Start (empty: as soon as launched)").fill("2020-01-02T03:04")
+    await expect(page.locator("#preview")).to_contain_text("Starts now: the start date is in "
+                                                           "the past.")
+
+    await page.get_by_label("Start (empty: as soon as launched)").fill("")
+
+    # MMS: its media field instead of a subject, checked live, sent from the SMS numbers.
+    await page.get_by_label("Channel").select_option("mms")
+    await expect(page.get_by_label("Subject")).to_be_hidden()
+    media = page.get_by_label("Picture or media URLs")
+    await media.fill("ftp://example.com/sale.jpg")
+    await expect(page.locator("#preview")).to_contain_text("Media URLs: must be an http(s) URL")
+    await media.fill("https://example.com/sale.jpg")
+    await expect(page.locator("#preview")).to_contain_text("Hi Vip")
+    await create.click()
+    await page.wait_for_url(re.compile(r".*/campaigns/[0-9a-f-]{36}$"))
+    await expect(page.get_by_text("Media: https://example.com/sale.jpg")).to_be_visible()
+    await page.go_back()
+
+    # An htmx request that fails shows the error fragment where its answer was going.
+    await page.evaluate("htmx.ajax('GET', location.pathname.replace('/campaigns/new', "
+                        "'/inbox/list?tab=bogus'), {target: '#audience-count'})")
+    await expect(page.locator("#audience-count")).to_contain_text(
+        "“bogus” is not a valid inbox tab")
+    await page.context.close()

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from gateway.pages import admin, auth, console, inbox
-from gateway.pages.common import LoginRequired, PageDenied, render
+from gateway.pages.common import LoginRequired, PageDenied, error_page
 
 
 def install(app: FastAPI) -> None:
@@ -23,5 +23,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PageDenied)
     async def denied(request: Request, exc: PageDenied) -> Response:
-        return render(request, "denied.html", status=exc.status, title=exc.title,
-                      detail=exc.detail, access=None)
+        return error_page(request, exc.status, exc.title, exc.detail)

@@ -59,6 +59,17 @@ def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRe
     return HTMLResponse(html, status_code=status)
 
 
+def error_page(request: Request, status: int, title: str, detail: str,
+               headers: dict[str, str] | None = None) -> HTMLResponse:
+    """An error in words: a page in the site's layout with a way back, or for an htmx
+    request the fragment it swaps in where the answer was going (base.html lets htmx swap
+    error answers, so a partial shows what went wrong where it happened)."""
+    name = "_error.html" if request.headers.get("HX-Request") else "error.html"
+    response = render(request, name, status=status, title=title, detail=detail, access=None)
+    response.headers.update(headers or {})
+    return response
+
+
 async def page_session(request: Request) -> Session:
     session = await sessions.current(request)
     if session is None:

@@ -7,6 +7,7 @@ Reads come straight from the hub; every change goes through the REST API from th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from html import escape
 from typing import Annotated, Any
 from uuid import UUID
@@ -15,17 +16,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from gateway.pages.charts import timeline_svg
-from gateway.pages.common import AccessDep, render, require
+from gateway.pages.common import AccessDep, PageDenied, contact_label, render, require
 from gateway.pages.explain import explain
 from hub import campaign_actions, events
-from hub.campaigns import TERMINAL, audience_sql, check_content, parse_audience
+from hub.campaigns import CHANNELS, TERMINAL, audience_sql, check_content, parse_audience
 from hub.context import Hub
-from hub.errors import HubError
+from hub.conversations import reply_subject
+from hub.errors import HubError, ValidationFailed
 from hub.segments import count_segments
 from hub.store import audience as audience_store
 from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
-from hub.store import tenants
+from hub.store import messaging, tenants
 from hub.templates import merge_variables
 from hub.timezones import contact_timezone
 from hub.users import Role
@@ -59,6 +61,14 @@ async def campaigns(request: Request, access: AccessDep) -> HTMLResponse:
                   section="campaigns")
 
 
+#: The message step's inputs as the form labels them, by the API field they fill.
+CONTENT_LABELS = {"body": "Message", "subject": "Subject", "media_urls": "Media URLs"}
+#: The audience step's inputs as the form labels them, by the API field (or filter) they fill.
+AUDIENCE_LABELS = {"tags_any": "Has any of these tags", "tags_all": "Has all of these tags",
+                   "exclude_tags": "Leave out contacts tagged", "phone_region": "Country",
+                   "timezone": "Time zone", "custom": "Custom field"}
+
+
 def audience_spec(tags_any: str = "", tags_all: str = "", exclude_tags: str = "",
                   regions: str = "", timezones: Sequence[str] = (), custom_field: str = "",
                   custom_value: str = "") -> dict[str, Any]:
@@ -72,13 +82,37 @@ def audience_spec(tags_any: str = "", tags_all: str = "", exclude_tags: str = ""
                         "value": [r.upper() for r in region_list]})
     if timezones:
         filters.append({"field": "timezone", "op": "in", "value": list(timezones)})
+    values = _tags(custom_value)
+    if values and not custom_field.strip():
+        raise ValidationFailed.field("custom_field", "name the custom field to compare "
+                                     "with; the value alone matches nothing", "required")
     if custom_field.strip():
-        field, values = "custom." + custom_field.strip(), _tags(custom_value)
+        field = "custom." + custom_field.strip()
         filters.append({"field": field, "op": "exists", "value": True} if not values else
                        {"field": field, "op": "eq", "value": values[0]} if len(values) == 1
                        else {"field": field, "op": "in", "value": values})
     spec["filters"] = filters
     return {k: v for k, v in spec.items() if v} or {"all_contacts": True}
+
+
+def audience_words(exc: HubError, spec: dict[str, Any]) -> str:
+    """The audience's errors in the form's words: its field paths (`audience.filters.0.
+    value.1`) become the input's label and the value typed there."""
+    out = []
+    for e in exc.errors or ():
+        parts = e.field.removeprefix("audience.").split(".")
+        label, given = AUDIENCE_LABELS.get(parts[0], e.field), None
+        if parts[0] == "filters" and len(parts) > 1 and parts[1].isdigit():
+            f = spec["filters"][int(parts[1])]
+            label = AUDIENCE_LABELS["custom" if f["field"].startswith("custom.") else f["field"]]
+            if parts[2:3] == ["value"] and len(parts) > 3 and isinstance(f["value"], list):
+                given = f["value"][int(parts[3])]
+        elif e.field == "custom_field":
+            label = AUDIENCE_LABELS["custom"]
+        what = f"“{given}” is {e.message}" if given is not None and e.message.startswith(
+            "not ") else e.message
+        out.append(f"{label}: {what}")
+    return "; ".join(out) or exc.detail
 
 
 @router.get("/sa/{sa}/campaigns/new")
@@ -100,12 +134,14 @@ async def audience_count(request: Request, access: AccessDep, channel: str = "sm
                          custom_field: Text = "", custom_value: Text = "") -> HTMLResponse:
     """The live recipient count beside the audience step."""
     require(access, *MARKETING)
-    spec = audience_spec(tags_any, tags_all, exclude_tags, regions, (timezones or [])[:100],
-                         custom_field, custom_value)
+    spec: dict[str, Any] = {}
     try:
+        spec = audience_spec(tags_any, tags_all, exclude_tags, regions,
+                             (timezones or [])[:100], custom_field, custom_value)
         audience = parse_audience(spec)
     except HubError as exc:
-        return HTMLResponse(f'<span class="error">{escape(exc.detail)}</span>')
+        return HTMLResponse(f'<span class="error" data-testid="audience-error">'
+                            f'{escape(audience_words(exc, spec))}</span>')
     where, args = audience_sql(audience, 1)
     pool = _hub(request).pool
     if audience.needs_refinement:  # zones and shared calling codes: check per group
@@ -122,20 +158,38 @@ async def audience_count(request: Request, access: AccessDep, channel: str = "sm
 
 @router.get("/sa/{sa}/compose/check")
 async def compose_check(request: Request, access: AccessDep, body: Text = "",
-                        subject: Text = "", channel: str = "sms") -> HTMLResponse:
-    """Segment counter and merge-field preview with a real contact of the sub-account."""
-    rows = await contact_store.list_page(_hub(request).pool, access.sa_id, tag=None, q=None,
-                                         cursor=None, limit=1)
-    sample = rows[0] if rows else {}
+                        subject: Text = "", media_urls: Text = "", channel: str = "sms",
+                        conversation: UUID | None = None,
+                        start_at: datetime | None = None) -> HTMLResponse:
+    """Segment counter and merge-field preview with a real contact of the sub-account: a
+    reply box's own thread (its contact and channel), else the newest contact."""
+    hub = _hub(request)
+    if conversation is not None:
+        conv = await messaging.get_conversation(hub.pool, access.sa_id, conversation)
+        if conv is None:
+            raise PageDenied(404, "Not found", "There is no such conversation here.")
+        sample = await contact_store.get(hub.pool, access.sa_id, conv["contact_id"]) or {}
+        channel = conv["channel"]
+        title = await reply_subject(hub, conv, subject or None)
+    else:
+        rows = await contact_store.list_page(hub.pool, access.sa_id, tag=None, q=None,
+                                             cursor=None, limit=1)
+        sample = rows[0] if rows else {}
+        channel = channel if channel in CHANNELS else "sms"
+        title = subject
     try:
-        check = check_content(channel if channel in ("sms", "email") else "sms", body or " ",
-                              subject or " ", (), merge_variables(sample))
+        check = check_content(channel, body or " ", title or " ", media_urls.split(),
+                              merge_variables(sample))
     except HubError as exc:
-        return render(request, "_compose_check.html", error=exc.detail, check=None, info=None,
-                      sample=sample)
+        words = "; ".join(f"{CONTENT_LABELS.get(e.field.split('.')[0], e.field)}: {e.message}"
+                          for e in exc.errors)
+        return render(request, "_compose_check.html", error=words or exc.detail, check=None)
     info = count_segments(check.body) if channel == "sms" else None
+    warnings = list(check.warnings)
+    if start_at and start_at.replace(tzinfo=start_at.tzinfo or UTC) < datetime.now(UTC):
+        warnings.append("Starts now: the start date is in the past.")
     return render(request, "_compose_check.html", error="", check=check, info=info,
-                  sample=sample)
+                  label=contact_label(sample) if sample else "a contact", warnings=warnings)
 
 
 @router.get("/sa/{sa}/campaigns/{campaign_id}")

@@ -36,24 +36,31 @@
     return value.split(/[,;]/).map((s) => s.trim()).filter(Boolean);
   }
 
-  /* The audience step's filters, as console.audience_spec builds them for the live count. */
+  /* The audience step's filters, as console.audience_spec builds them for the live count,
+     each with the input it came from (to point at it when the API refuses the filter). */
   function audienceFilters(form) {
     const input = (name) => form.querySelector('[data-filter="' + name + '"]');
     const out = [];
     const regions = input("phone_region");
     if (regions && splitList(regions.value).length) {
-      out.push({ field: "phone_region", op: "in", value: splitList(regions.value).map((r) => r.toUpperCase()) });
+      out.push({ input: regions, filter: { field: "phone_region", op: "in", value: splitList(regions.value).map((r) => r.toUpperCase()) } });
     }
     const zones = input("timezone");
     const picked = zones ? Array.from(zones.selectedOptions, (o) => o.value) : [];
-    if (picked.length) out.push({ field: "timezone", op: "in", value: picked });
+    if (picked.length) out.push({ input: zones, filter: { field: "timezone", op: "in", value: picked } });
     const name = input("custom_field");
+    const values = name ? splitList(input("custom_value").value) : [];
+    if (name && !name.value.trim() && values.length) {  // as the live count says
+      const message = "name the custom field to compare with; the value alone matches nothing";
+      const error = new Error("Custom field: " + message);
+      error.problem = { errors: [{ field: "custom_field", message }] };
+      throw error;
+    }
     if (name && name.value.trim()) {
       const field = "custom." + name.value.trim();
-      const values = splitList(input("custom_value").value);
-      if (!values.length) out.push({ field, op: "exists", value: true });
-      else if (values.length === 1) out.push({ field, op: "eq", value: values[0] });
-      else out.push({ field, op: "in", value: values });
+      if (!values.length) out.push({ input: name, filter: { field, op: "exists", value: true } });
+      else if (values.length === 1) out.push({ input: name, filter: { field, op: "eq", value: values[0] } });
+      else out.push({ input: name, filter: { field, op: "in", value: values } });
     }
     return out;
   }
@@ -61,7 +68,7 @@
   function formBody(form) {
     const body = {};
     const nested = {};
-    const filters = audienceFilters(form);
+    const filters = audienceFilters(form).map((f) => f.filter);
     if (filters.length) nested.audience = { filters };
     for (const el of form.elements) {
       if (!el.name || el.disabled || el.type === "submit" || el.type === "button") continue;
@@ -80,7 +87,7 @@
       else if (type === "tags") {
         value = splitList(value);
         if (!value.length) continue;
-      }
+      } else if (type === "lines") value = value.split(/\s+/).filter(Boolean);
       if (type === "list") (target[el.name] = target[el.name] || []).push(value);
       else target[el.name] = value;
     }
@@ -93,17 +100,49 @@
     return body;
   }
 
+  /* A problem's field path as the form shows it: the input it names (for the audience's
+     filters, the input that made filter N) and, for one item of a list, the value typed. */
+  function fieldOf(scope, path) {
+    const parts = String(path).split(".");
+    if (parts[0] === "audience" && parts[1] === "filters" && scope.querySelector("[data-filter]")) {
+      const made = audienceFilters(scope)[Number(parts[2])];
+      if (made) {
+        const value = made.filter.value;
+        return { el: made.input, given: parts[3] === "value" && Array.isArray(value) ? value[Number(parts[4])] : undefined };
+      }
+    }
+    const name = parts[0] === "audience" ? parts[1] : parts[0];
+    return { el: name ? scope.querySelector('[name="' + CSS.escape(name) + '"]') : null };
+  }
+
+  function labelOf(el) {
+    if (el.dataset.label) return el.dataset.label;
+    const label = el.id && document.querySelector('label[for="' + CSS.escape(el.id) + '"]');
+    return label ? label.textContent.trim() : el.name;
+  }
+
+  /* The error once, in the form's words ("Country: “XX” is not a two-letter region code"),
+     with each field it names marked invalid and the first one focused. */
   function showError(scope, error) {
     const box = scope.querySelector("[data-form-error]");
     scope.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
-    if (!box) { alert(error.message); return; }
     const problem = error.problem || {};
-    const fields = (problem.errors || []).map((e) => e.field + ": " + e.message);
-    box.textContent = error.message + (fields.length && !error.message.includes(fields[0]) ? " (" + fields.join("; ") + ")" : "");
-    box.hidden = false;
+    const words = [];
+    const marked = [];
     for (const e of problem.errors || []) {
-      const el = scope.querySelector('[name="' + String(e.field).split(".")[0] + '"]');
-      if (el) el.setAttribute("aria-invalid", "true");
+      const { el, given } = fieldOf(scope, e.field);
+      const message = given !== undefined && String(e.message).startsWith("not ") ? "“" + given + "” is " + e.message : e.message;
+      words.push((el ? labelOf(el) : e.field) + ": " + message);
+      if (el) { el.setAttribute("aria-invalid", "true"); marked.push(el); }
+    }
+    const text = words.length ? words.join("; ") : error.message;
+    if (!box) { alert(text); return; }
+    box.textContent = text;
+    box.hidden = false;
+    if (marked.length) {
+      const details = marked[0].closest("details");
+      if (details) details.open = true;
+      marked[0].focus();
     }
   }
 
@@ -155,6 +194,16 @@
     }
   });
 
+  /* htmx sends a datetime-local input as typed (the browser's clock); send the instant, as
+     formBody does for the API, or nothing when it is empty. */
+  document.addEventListener("htmx:configRequest", (event) => {
+    const params = event.detail.parameters;
+    document.querySelectorAll('input[data-type="datetime"]').forEach((el) => {
+      if (params[el.name]) params[el.name] = new Date(params[el.name]).toISOString();
+      else delete params[el.name];
+    });
+  });
+
   document.addEventListener("change", (event) => {
     const el = event.target;
     if (el.matches("[data-submit-on-change]")) el.form.requestSubmit();
@@ -181,13 +230,18 @@
       const select = document.getElementById("channel");
       if (!select) return;
       const channel = select.value;
+      const senders = channel === "mms" ? "sms" : channel;  // MMS goes out from SMS numbers
       document.querySelectorAll("input[data-channel]").forEach((box) => {
-        const off = box.dataset.channel !== channel;
+        const off = box.dataset.channel !== senders;
         box.disabled = off;
         box.closest(".check").hidden = off;
       });
-      const subject = document.getElementById("subject");
-      if (subject) subject.closest("fieldset").classList.toggle("email", channel === "email");
+      // Fields of some channels only (an email's subject, an MMS's media): off for others.
+      document.querySelectorAll("[data-channels]").forEach((part) => {
+        const off = !part.dataset.channels.split(" ").includes(channel);
+        part.hidden = off;
+        part.querySelectorAll("input, textarea").forEach((el) => (el.disabled = off));
+      });
     },
   };
 
