@@ -88,6 +88,10 @@ def _start_postgres(pgdata: Path, services: Services) -> str:
     with server._lock:  # pgserver's own inter-process lock, the one its start() takes
         server.ensure_pgdata_inited()  # initdb for a fresh folder, so it starts configured
         changed = _write_settings(pgdata)
+        # A hub killed without running its exit handlers (SIGKILL) stays on pgserver's list
+        # of the server's users, and no later hub would then ever be the last and stop it.
+        users = server.global_process_id_list
+        users.put([pid for pid in users._get() if _pid_alive(pid)])
     server.start()
     if changed:
         # A server another hub process already runs takes them now; any that need a restart

@@ -1,12 +1,16 @@
 """The embedded PostgreSQL runs with the hub's settings (`hub.embedded.PG_SETTINGS`): in a
 fresh data folder from its first start, and in a folder an older hub made, whether its server
-is stopped or still held by another process. Real servers, read back with SHOW."""
+is stopped or still held by another process. Real servers, read back with SHOW. A server a
+killed hub left running is stopped by the next hub that uses it, when it exits."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -95,3 +99,20 @@ def test_server_an_older_hub_holds_gets_the_settings_without_a_restart(tmp_path:
     # The older hub's exit leaves the server to this one, which still uses it.
     assert asyncio.run(_running(services.database_url)).since == before.since
     services.stop()
+
+
+def test_a_server_a_killed_hub_left_stops_with_the_next_hub(tmp_path: Path) -> None:
+    killed, _ = _older_hub(tmp_path / "pg")
+    os.kill(killed.pid, signal.SIGKILL)  # no exit handler runs: it never leaves the list
+    killed.wait(30)
+    services, _ = _hub_start(tmp_path / "pg")
+    postmaster = int((tmp_path / "pg" / "postmaster.pid").read_text().split()[0])
+    services.stop()  # this hub is the server's last living user
+    for _ in range(100):
+        try:
+            os.kill(postmaster, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the server the killed hub left is still running")
