@@ -242,9 +242,12 @@ def _window(c: Row) -> SendWindow:
 async def campaign_stats(hub: Hub, sa: Row, id_: UUID) -> Row:
     c = await get_campaign(hub, sa["id"], id_)
     counts = await store.counts(hub.pool, id_)
+    # The rate it sends at now: none unless running (a paused campaign's last sends are not
+    # a rate it keeps).
     recent = await hub.pool.fetchval(
         """SELECT count(*) FROM messages WHERE campaign_id = $1
-           AND sent_at > now() - interval '10 seconds'""", id_)
+           AND sent_at > now() - interval '10 seconds'""", id_) \
+        if c["status"] == "running" else 0
     rate = await _rate(hub, c)
     remaining = _zones(await audience_store.groups(
         hub.pool, "c.id IN (SELECT contact_id FROM campaign_recipients WHERE campaign_id = $1 "

@@ -231,3 +231,25 @@ async def test_a_draft_can_be_deleted_and_any_campaign_duplicated(
     other = auth(tenant.sa2_key)
     assert (await api.post(f"/v1/sub-accounts/{tenant.sa2}/campaigns/{sent['id']}/duplicate",
                            headers=other)).status_code == 404
+
+
+async def test_a_campaign_that_is_not_running_has_no_current_rate(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    await setup(hub, api, tenant)
+    c = (await create(api, tenant)).json()
+    h, sa = auth(tenant.sa1_key), f"/v1/sub-accounts/{tenant.sa1}"
+    r = await api.post(f"{sa}/campaigns/{c['id']}/launch", headers=h)
+    assert r.status_code == 200, r.text
+    # One message the campaign sent a moment ago, as a Sender shard records it.
+    await hub.pool.execute(
+        """INSERT INTO messages (sub_account_id, campaign_id, direction, channel, priority,
+                                 from_address, to_address, body, status, sent_at)
+           VALUES ($1, $2, 'outbound', 'sms', 'bulk', '+18335550100', '+14155559999', 'Hi',
+                   'sent', now())""", tenant.sa1, c["id"])
+    running = (await api.get(f"{sa}/campaigns/{c['id']}/stats", headers=h)).json()
+    assert running["status"] == "running" and running["current_rate_per_s"] == 0.1
+    r = await api.post(f"{sa}/campaigns/{c['id']}/pause", headers=h)
+    assert r.status_code == 200, r.text
+    paused = (await api.get(f"{sa}/campaigns/{c['id']}/stats", headers=h)).json()
+    assert paused["status"] == "paused" and paused["current_rate_per_s"] == 0
