@@ -108,6 +108,13 @@ class CallbackSender:
             await self.post_twilio(cb.url, cb.params, cb.account_sid)
 
     async def post_twilio(self, url: str, params: dict[str, str], account_sid: str) -> int | None:
+        status, _ = await self.request_twilio(url, params, account_sid)
+        return status
+
+    async def request_twilio(self, url: str, params: dict[str, str],
+                             account_sid: str) -> tuple[int | None, str]:
+        """A signed Twilio form post (a callback, or a call's request for its TwiML); the
+        HTTP status (None if no answer came) and the body answered."""
         token = self.state.token_for(account_sid)
         signature = RequestValidator(token).compute_signature(url, params)
         sid = params.get("MessageSid") or params.get("CallSid")
@@ -154,19 +161,21 @@ class CallbackSender:
         headers = {"Content-Type": "application/json",
                    SENDGRID_SIGNATURE: self.signer.sign(timestamp, body),
                    SENDGRID_TIMESTAMP: timestamp, "User-Agent": "SendGrid Event API"}
-        status = await self._post(url, body, headers)
+        status, _ = await self._post(url, body, headers)
         self.state.counts["callbacks.sendgrid_batches"] += 1
         self.state.counts["callbacks.sendgrid_events"] += len(batch)
         return status
 
     # --- transport -------------------------------------------------------------------------
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int | None:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]
+                    ) -> tuple[int | None, str]:
         assert self._session is not None, "the carrier is not started"
         c = self.state.config
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=c.callback_connect_timeout_s,
                                         sock_read=c.callback_read_timeout_s)
         status: int | None = None
+        text = ""
         for attempt in range(c.callback_retries + 1):
             if attempt:
                 self.state.counts["callbacks.retried"] += 1
@@ -174,7 +183,7 @@ class CallbackSender:
             try:
                 async with self._session.post(url, data=body, headers=headers,
                                               timeout=timeout) as resp:
-                    await resp.read()
+                    text = (await resp.read()).decode("utf-8", "replace")
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = None
@@ -182,6 +191,6 @@ class CallbackSender:
                 continue
             if status < 500:
                 self.state.counts["callbacks.delivered"] += 1
-                return status
+                return status, text
         self.state.counts["callbacks.failed"] += 1
-        return status
+        return status, text

@@ -119,6 +119,8 @@ class CarrierConfig:
     busy_rate: float = 0.0
     no_answer_rate: float = 0.0
     machine_rate: float = 0.0
+    #: To number → what AMD reports for it, instead of drawing machine_rate.
+    answered_by: dict[str, str] = field(default_factory=dict)
     call_duration_s: float = 1.0
 
     # Email (SendGrid).
@@ -163,6 +165,8 @@ class CarrierConfig:
         if not self.server_error_statuses or not all(
                 500 <= s <= 599 for s in self.server_error_statuses):
             raise ValueError("server_error_statuses must be 5xx codes")
+        if not set(self.answered_by.values()) <= ANSWERED_BY:
+            raise ValueError(f"answered_by values are {', '.join(sorted(ANSWERED_BY))}")
         if self.sendgrid_batch_size < 1:
             raise ValueError("sendgrid_batch_size must be >= 1")
         self.latency.check()
@@ -175,6 +179,10 @@ class CarrierConfig:
         out["sendgrid_api_keys"] = len(self.sendgrid_api_keys)
         return out
 
+
+#: Twilio's AnsweredBy values.
+ANSWERED_BY = frozenset({"human", "unknown", "machine_start", "machine_end_beep",
+                         "machine_end_silence", "machine_end_other", "fax"})
 
 _OPTIONAL: dict[str, type] = {"seed": int, "inbound_url": str, "sendgrid_event_url": str}
 

@@ -1,8 +1,14 @@
 """The sandbox carrier's Twilio 2010 API: Messages and Calls create / fetch / list, with
-basic auth, Twilio's validation errors, sender queues and the callbacks each message earns."""
+basic auth, Twilio's validation errors, sender queues and the callbacks each message earns.
+
+A call created with `Url` asks that URL for its TwiML when answered (after AMD, with
+`AnsweredBy`), as a signed form POST, and logs what it got (`fetched_twiml`) or Twilio's
+debugger code for why it got nothing usable (`application_error`: 11200 no 2xx answer,
+12100 not a TwiML document)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -260,13 +266,19 @@ class TwilioApi:
             hung=self.state.chance(self.state.config.hang_rate),
             extra={"twiml": twiml or None, "url": url or None, "machine_detection": amd,
                    "status_callback_events": [str(e) for e in
-                                              form.getall("StatusCallbackEvent", [])]},
+                                              form.getall("StatusCallbackEvent", [])],
+                   "fetched_twiml": None, "application_error": None},
         )
         self._plan_call(sent, now, amd)
         self.state.owner[sender] = account
         self.state.record(sent)
-        if callback and self.state.config.callbacks_enabled:
-            self._call_callbacks(sent, callback)
+        if self.state.config.callbacks_enabled:
+            if callback:
+                self._call_callbacks(sent, callback)
+            answered = next((at for at, status, _ in sent.timeline if status == "in-progress"),
+                            None)
+            if url and not twiml and answered is not None:
+                self.callbacks.spawn(self._fetch_twiml(sent, url, answered))
         return await self._answer(sent, wire.call_resource(sent, None))
 
     def _check_call(self, to: str, sender: str, twiml: str, url: str,
@@ -304,9 +316,8 @@ class TwilioApi:
             steps += [(now + gap, "ringing", None), (answered, "in-progress", None),
                       (answered + c.call_duration_s, "completed", None)]
             if amd:
-                machine = state.chance(c.machine_rate)
-                sent.extra["answered_by"] = (
-                    "human" if not machine else
+                sent.extra["answered_by"] = c.answered_by.get(sent.to) or (
+                    "human" if not state.chance(c.machine_rate) else
                     "machine_end_beep" if amd == "DetectMessageEnd" else "machine_start")
         sent.timeline = steps
         sent.outcome = steps[-1][1]
@@ -319,6 +330,23 @@ class TwilioApi:
                    for n, (at, status, _) in enumerate(steps)]
         self.callbacks.twilio_series([TwilioCallback(at, url, params, sent.account_sid)
                                       for at, params in self.state.quirks(planned)])
+
+    async def _fetch_twiml(self, sent: Sent, url: str, at: float) -> None:
+        """The answered call asks `url` for its TwiML (POST, the `Method` we support)."""
+        await asyncio.sleep(max(0.0, at - time.time()))
+        status, body = await self.callbacks.request_twilio(url, wire.call_request(sent, at),
+                                                           sent.account_sid)
+        if status is None or not 200 <= status < 300:
+            sent.extra["application_error"] = 11200
+            return
+        try:
+            twiml = ET.fromstring(body).tag == "Response"
+        except ET.ParseError:
+            twiml = False
+        if twiml:
+            sent.extra["fetched_twiml"] = body
+        else:
+            sent.extra["application_error"] = 12100
 
     async def fetch_call(self, request: web.Request) -> web.Response:
         account = self._authenticate(request)

@@ -242,6 +242,15 @@ def call_callback(sent: Sent, at: float, status: str, sequence: int) -> dict[str
     return params
 
 
+def call_request(sent: Sent, at: float) -> dict[str, str]:
+    """The request an answered call makes to its `Url` for TwiML: the call's parameters
+    (with `AnsweredBy` when AMD ran), without the status callback's own fields."""
+    params = call_callback(sent, at, "in-progress", 0)
+    for key in ("Timestamp", "CallbackSource", "SequenceNumber"):
+        del params[key]
+    return params
+
+
 def inbound_params(sid: str, account_sid: str, from_: str, to: str, body: str,
                    media_urls: Sequence[str]) -> dict[str, str]:
     """An incoming-message webhook, in the field order Twilio uses."""

@@ -1,16 +1,15 @@
 """Twilio voice: outbound calls (a direct form POST to Calls.json, the fields the SDK sends)
-with inline TwiML built by the SDK's VoiceResponse, optional answering-machine detection for
-voicemail drops, and the call status-callback parser.
+with TwiML built by the SDK's VoiceResponse, answering-machine detection for voicemail
+drops, and the call status-callback parser.
 
-Voicemail: with `MachineDetection=DetectMessageEnd` (synchronous AMD) Twilio holds the call
-until it knows who answered and, for a machine, until the greeting has ended and the beep
-has sounded; only then does it run the TwiML. Inline TwiML is one document for whoever
-answered, so when the script has a voicemail variant (`voicemail_say` / `voicemail_play_url`)
-that variant is what the call plays, to a machine after the beep and to a person once they
-have spoken; it should therefore be written to make sense live as well as on a recording.
-Without a voicemail variant there is no AMD, so a person hears `say` / `play_url` at once
-instead of after 2–5 s of detection silence. Playing different documents to people and to
-machines needs a TwiML URL that branches on `AnsweredBy` (a gateway route), not inline TwiML.
+A call without a voicemail variant carries its TwiML inline (`Twiml`): no detection, so a
+person hears `say` / `play_url` at once, and no request back to the hub. A call with one
+(`voicemail_say` / `voicemail_play_url`) is created with `MachineDetection=DetectMessageEnd`
+and `Url` pointing at the hub's TwiML route (`twiml_url`, a sibling of the status callback):
+Twilio holds the call until it knows who answered and, for a machine, until the greeting has
+ended, then requests `Url` with `AnsweredBy`; the route answers `build_twiml(script,
+answered_by)`, so a person hears `say` / `play_url` and a voicemail box the voicemail
+variant (gateway/routes/webhooks.py).
 
 Call statuses map onto the hub's lifecycle in one table (CALL_STATUS_MAP): queued,
 initiated and ringing are `sending` (the handset has not picked up, nothing was conveyed);
@@ -25,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -42,7 +42,7 @@ from channels.twilio_sms import InvalidCallback, LookupFailed, with_message_id
 from hub.status import Status
 
 __all__ = ["CALL_STATUS_MAP", "STATUS_CALLBACK_EVENTS", "TwilioVoiceAdapter", "build_twiml",
-           "call_error", "call_form", "parse_call_status"]
+           "call_error", "call_form", "has_voicemail", "parse_call_status", "twiml_url"]
 
 log = logging.getLogger(__name__)
 
@@ -58,37 +58,65 @@ STATUS_CALLBACK_EVENTS = ("initiated", "ringing", "answered", "completed")
 MACHINE_DETECTION = "DetectMessageEnd"
 
 
-def build_twiml(script: VoiceScript) -> tuple[VoiceResponse, bool]:
-    """The call's TwiML and whether it needs answering-machine detection."""
-    voicemail = bool(script.voicemail_say or script.voicemail_play_url)
+#: What Twilio's AMD reports for a machine whose greeting has ended (DetectMessageEnd).
+MACHINE_END = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
+
+
+def has_voicemail(script: VoiceScript) -> bool:
+    return bool(script.voicemail_say or script.voicemail_play_url)
+
+
+def build_twiml(script: VoiceScript, answered_by: str = "human") -> VoiceResponse:
+    """What the call plays to whoever answered (Twilio's `AnsweredBy`): the voicemail
+    variant to a machine whose greeting has ended, `<Hangup/>` to a fax, and `say` /
+    `play_url` to anyone else: a person, `unknown` (AMD could not tell), `machine_start`
+    (which DetectMessageEnd does not send) and a call without detection."""
+    response = VoiceResponse()
+    if answered_by == "fax":
+        response.hangup()
+        return response
+    voicemail = answered_by in MACHINE_END and has_voicemail(script)
     say = script.voicemail_say if voicemail else script.say
     play = script.voicemail_play_url if voicemail else script.play_url
-    response = VoiceResponse()
     if say:
         kwargs = {k: v for k, v in (("voice", script.voice), ("language", script.language))
                   if v}
         response.say(say, **kwargs)
     if play:
         response.play(play)
-    return response, voicemail
+    return response
+
+
+def twiml_url(message: OutboundMessage) -> str:
+    """Where Twilio asks for the TwiML of a call with a voicemail variant: the hub's
+    `…/twilio/voice/twiml?message_id=` route, beside the status callback
+    (`…/twilio/voice/status`), so it has the same public origin."""
+    if not message.status_callback_url:
+        raise ValueError("a call with a voicemail variant needs the hub's callback URL")
+    parts = urlsplit(message.status_callback_url)
+    sibling = parts._replace(path=parts.path.rsplit("/", 1)[0] + "/twiml", fragment="")
+    return with_message_id(urlunsplit(sibling), message.message_id)
 
 
 def call_form(message: OutboundMessage) -> list[tuple[str, str]]:
     """The Calls.json form for one message: the fields `calls.create_async` sends, in its
     order."""
     script = message.voice or VoiceScript(say=message.body or None)
-    if not (script.say or script.play_url or script.voicemail_say or script.voicemail_play_url):
+    if not (script.say or script.play_url):
         raise ValueError("a call needs something to say or play")
-    twiml, detect = build_twiml(script)
+    detect = has_voicemail(script)
     form = [("To", message.to), ("From", message.from_)]
+    if detect:
+        form.append(("Method", "POST"))
     if message.status_callback_url:
         form.append(("StatusCallback", with_message_id(message.status_callback_url,
                                                        message.message_id)))
         form.extend(("StatusCallbackEvent", event) for event in STATUS_CALLBACK_EVENTS)
         form.append(("StatusCallbackMethod", "POST"))
     if detect:
-        form.append(("MachineDetection", MACHINE_DETECTION))
-    form.append(("Twiml", str(twiml)))
+        form += [("MachineDetection", MACHINE_DETECTION), ("Url", twiml_url(message))]
+    else:
+        form.append(("Twiml", str(build_twiml(script))))
     return form
 
 

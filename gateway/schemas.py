@@ -374,8 +374,8 @@ class VoiceIn(Input):
     voicemail_say: str | None = Field(
         None, max_length=4000,
         description="with it (or voicemail_play_url) the call waits for answering-machine "
-                    "detection and plays this instead of say/play_url to whoever answered, "
-                    "a person too: write it to make sense live")
+                    "detection; a voicemail box hears this after its greeting, a person "
+                    "say/play_url")
     voicemail_play_url: HttpUrl | None = None
 
 

@@ -228,8 +228,11 @@ async def test_voice_campaigns_say_the_rendered_script(
 
     calls = await wait_for(called, timeout=30)
     assert len(calls) == 1 and calls[0]["to"] == "+14155550191"
-    # With a voicemail variant, that variant is the call's one inline TwiML document.
-    assert "<Say>Sorry we missed you, Pat</Say>" in calls[0]["body"], calls[0]["body"]
+    # With a voicemail variant the call waits for AMD and asks the hub's route for its
+    # TwiML (what each answerer hears: tests/test_voicemail_amd.py); nothing inline.
+    assert calls[0]["twiml"] is None and calls[0]["machine_detection"] == "DetectMessageEnd"
+    assert calls[0]["url"] == (f"{hub.settings.base_url}/v1/providers/twilio/voice/twiml"
+                               f"?message_id={calls[0]['message_id']}")
     voice = await hub.pool.fetchval("SELECT voice FROM messages WHERE campaign_id = $1",
                                     uuid.UUID(c["id"]))
     assert (voice["say"], voice["voicemail_say"]) == ("Hello Pat, code 42",

@@ -33,7 +33,7 @@ from channels.twilio_sms import (
     parse_status_callback,
     with_message_id,
 )
-from channels.twilio_voice import TwilioVoiceAdapter, parse_call_status
+from channels.twilio_voice import TwilioVoiceAdapter, build_twiml, parse_call_status
 from hub import twilio_signature
 from hub.status import Status
 from tests.conftest import REFERENCE
@@ -286,9 +286,11 @@ CALL_CASES = [
              [("Say", "Your table is ready", {"voice": "Polly.Joanna", "language": "en-US"})]),
     CallCase("play", call("c-play", VoiceScript(play_url="https://cdn.example/msg.mp3")),
              [("Play", "https://cdn.example/msg.mp3", {})]),
+    # No inline TwiML: Twilio asks the hub's route (beside the status callback) once AMD has
+    # decided, and the route answers per AnsweredBy (test_voicemail_twiml_per_answerer).
     CallCase("voicemail_drop", call("c-amd", VoiceScript(say="Hi, it's Acme",
                                                          voicemail_say="Sorry we missed you")),
-             [("Say", "Sorry we missed you", {})], amd="DetectMessageEnd"),
+             [], amd="DetectMessageEnd"),
     CallCase("body_only", call("c-body", body="Reminder: 3pm"), [("Say", "Reminder: 3pm", {})]),
     CallCase("nothing_to_say", call("c-empty"), None, kind=ErrorKind.MESSAGE_INVALID),
     CallCase("invalid_to", call("c-to", VoiceScript(say="x"), to="12"), None,
@@ -311,11 +313,41 @@ async def test_voice_call(carrier, voice_adapter, case: CallCase) -> None:
     assert row["channel"] == "voice" and row["machine_detection"] == case.amd
     assert row["status_callback_events"] == ["initiated", "ringing", "answered", "completed"]
     assert row["status_callback"] == f"{CALLBACK}&message_id={case.message.message_id}"
-    root = ET.fromstring(row["twiml"])
-    assert root.tag == "Response"
-    assert [(v.tag, v.text, v.attrib) for v in root] == case.verbs
+    if case.amd:
+        assert row["twiml"] is None
+        assert row["url"] == ("https://hub.example.test/v1/providers/twilio/sms/twiml"
+                              f"?tenant=t1&message_id={case.message.message_id}")
+    else:
+        assert row["url"] is None
+        root = ET.fromstring(row["twiml"])
+        assert root.tag == "Response"
+        assert [(v.tag, v.text, v.attrib) for v in root] == case.verbs
     update = await voice_adapter.lookup(creds_for(carrier), result.provider_message_id)
     assert update is not None and update.provider_message_id == result.provider_message_id
+
+
+VOICEMAIL_SCRIPT = VoiceScript(say="Hi <Pat> & co", voice="alice", play_url="https://cdn.example/live.mp3",
+                               voicemail_say="Sorry we missed you",
+                               voicemail_play_url="https://cdn.example/vm.mp3")
+LIVE = [("Say", "Hi <Pat> & co", {"voice": "alice"}), ("Play", "https://cdn.example/live.mp3", {})]
+VOICEMAIL = [("Say", "Sorry we missed you", {"voice": "alice"}),
+             ("Play", "https://cdn.example/vm.mp3", {})]
+
+
+@pytest.mark.parametrize(("answered_by", "verbs"), [
+    ("human", LIVE), ("unknown", LIVE), ("machine_start", LIVE),
+    ("machine_end_beep", VOICEMAIL), ("machine_end_silence", VOICEMAIL),
+    ("machine_end_other", VOICEMAIL), ("fax", [("Hangup", None, {})]),
+])
+def test_voicemail_twiml_per_answerer(answered_by: str, verbs: list[Any]) -> None:
+    root = ET.fromstring(str(build_twiml(VOICEMAIL_SCRIPT, answered_by)))
+    assert root.tag == "Response"
+    assert [(v.tag, v.text, v.attrib) for v in root] == verbs
+
+
+def test_a_machine_hears_say_when_there_is_no_voicemail_variant() -> None:
+    root = ET.fromstring(str(build_twiml(VoiceScript(say="Hi"), "machine_end_beep")))
+    assert [(v.tag, v.text) for v in root] == [("Say", "Hi")]
 
 
 # --- recorded payloads ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from channels.twilio_voice import (
     STATUS_CALLBACK_EVENTS,
     TwilioVoiceAdapter,
     build_twiml,
+    has_voicemail,
 )
 from hub.status import Status
 
@@ -37,12 +38,13 @@ SID = "AC" + "5e" * 16
 TOKEN = "wire-oracle-token"
 FROM, TO, SERVICE = "+15550000002", "+15551230002", "MG" + "7a" * 16
 CALLBACK = "https://hub.example.test/v1/providers/twilio/sms/status?tenant=t1"
+VOICE_CALLBACK = "https://hub.example.test/v1/providers/twilio/voice/status"
 HEADERS = ("Authorization", "Content-Type", "Accept", "Accept-Charset", "User-Agent",
            "X-Twilio-Client")
 #: What the carrier's log shows of the request itself (not the sid, time or drawn outcome).
 LOGGED = ("channel", "to", "from", "body", "account_sid", "status_callback", "message_id",
-          "media_urls", "messaging_service_sid", "num_segments", "twiml", "machine_detection",
-          "status_callback_events")
+          "media_urls", "messaging_service_sid", "num_segments", "twiml", "url",
+          "machine_detection", "status_callback_events")
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,18 @@ def sdk_message(m: OutboundMessage) -> dict[str, Any]:
 
 
 def sdk_call(m: OutboundMessage) -> dict[str, Any]:
-    twiml, detect = build_twiml(m.voice or VoiceScript(say=m.body))
-    kw: dict[str, Any] = {"to": m.to, "from_": m.from_, "twiml": twiml}
-    if detect:
+    """A voicemail variant: AMD, and the TwiML from the hub's route beside the status
+    callback (Twilio asks it once it knows who answered); else the TwiML inline."""
+    script = m.voice or VoiceScript(say=m.body)
+    kw: dict[str, Any] = {"to": m.to, "from_": m.from_}
+    if has_voicemail(script):
+        assert m.status_callback_url is not None
         kw["machine_detection"] = MACHINE_DETECTION
+        kw["method"] = "POST"
+        kw["url"] = with_message_id(m.status_callback_url.replace("/voice/status",
+                                                                  "/voice/twiml"), m.message_id)
+    else:
+        kw["twiml"] = build_twiml(script)
     if m.status_callback_url:
         kw["status_callback"] = with_message_id(m.status_callback_url, m.message_id)
         kw["status_callback_event"] = list(STATUS_CALLBACK_EVENTS)
@@ -119,7 +129,8 @@ MESSAGES = [
 CALLS = [
     sms("say", channel="voice", body="", voice=VoiceScript(
         say="Your table is ready & waiting", voice="Polly.Joanna", language="en-US")),
-    sms("voicemail", channel="voice", voice=VoiceScript(say="Hi", voicemail_say="Call back")),
+    sms("voicemail", channel="voice", voice=VoiceScript(say="Hi", voicemail_say="Call back"),
+        status_callback_url=VOICE_CALLBACK),
     sms("play", channel="voice", voice=VoiceScript(play_url="https://cdn.example/m.mp3"),
         status_callback_url=None),
     sms("body-only", channel="voice", body="Reminder: 3pm <today>"),
