@@ -6,7 +6,9 @@ Process layout (so that no two parts share a GIL): this process seeds, drives th
 samples memory; the gateway is `hub serve` (it starts Ray and the shards); the carrier is
 `hub carrier`; the raw ceiling runs in a process of its own. The hub's memory is the sum over
 the gateway, every process under it (GCS, raylet, Ray workers and agents) and the embedded
-PostgreSQL and Redis; the carrier and this process are left out.
+PostgreSQL and Redis; the carrier and this process are left out. CPU is counted for every part,
+the carrier and this process included (`cpu_ticks`), from launch until the carrier has every
+message, with the WAL PostgreSQL wrote meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,10 +36,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Any
 
+import asyncpg
 import httpx
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from channels.twilio_client import TwilioTransport
 from config.settings import Settings
@@ -55,7 +60,8 @@ RESULT_FIELDS = (
     "concurrency", "seed_seconds", "launch_seconds", "first_send_seconds", "send_seconds",
     "send_rate_per_s", "steady_rate_per_s", "completion_seconds", "raw_ceiling_req_per_s",
     "raw_runs_req_per_s", "ratio_to_raw", "steady_ratio_to_raw", "idle_rss_mb",
-    "peak_rss_mb", "peak_rss_by_group_mb", "peak_pss_mb", "hub_processes", "row_versions")
+    "peak_rss_mb", "peak_rss_by_group_mb", "peak_pss_mb", "hub_processes", "row_versions",
+    "cpu_seconds", "cpu_s_by_group", "wal_bytes")
 REPLY_FIELDS = ("replies", "replies_found", "replies_during_bulk", "reply_p50_ms",
                 "reply_p95_ms", "reply_p99_ms", "reply_max_ms")
 SEED_CHUNK = 100_000
@@ -232,6 +238,55 @@ class HubMemory:
             self._stop.wait(self.every_s)
 
 
+# --- CPU ----------------------------------------------------------------------------------
+
+
+def cpu_ticks(roots: dict[str, int | None]) -> dict[str, int]:
+    """CPU clock ticks used so far (user + system, with children that exited) by each part
+    of the machine: each root's process tree, except that under the gateway each Ray actor
+    worker counts by its class (its title, `ray::SenderShell`), a `python -m` helper by its
+    module and the rest as Ray's daemons (GCS, raylet, agents, log monitor); `machine` is
+    every core's busy time (/proc/stat), so the rest of the machine is `machine` minus the
+    groups. Read before and after a run, the difference is what the run cost each part."""
+    ticks: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, pid in roots.items():
+        if pid is None:  # a server the hub did not start (DATABASE_URL, REDIS_URL)
+            continue
+        try:
+            root = psutil.Process(pid)
+            # The bench's own children (the gateway, the carrier) are roots of their own.
+            procs = [root] if name == "bench" else [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in procs:
+            with contextlib.suppress(psutil.Error, OSError, IndexError, ValueError):
+                group = name
+                if name == "gateway" and p.pid != pid:
+                    cmd = p.cmdline() or [""]
+                    group = (cmd[0].split(".")[0].split()[0] if cmd[0].startswith("ray::")
+                             else cmd[cmd.index("-m") + 1] if "-m" in cmd[:-1]
+                             else "ray daemons")
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                if p.pid not in seen:  # utime, stime, cutime, cstime
+                    ticks[group] = ticks.get(group, 0) + sum(map(int, fields[11:15]))
+                    seen.add(p.pid)
+    with open("/proc/stat") as f:  # user nice system idle iowait irq softirq steal
+        cpu = [int(v) for v in f.readline().split()[1:9]]
+    ticks["machine"] = sum(cpu) - cpu[3] - cpu[4]
+    return ticks
+
+
+def cpu_split(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """CPU seconds per group between two `cpu_ticks` readings, busiest first, with `other`
+    (the rest of the machine) last."""
+    hz = os.sysconf("SC_CLK_TCK")
+    spent = {g: (after[g] - before.get(g, 0)) / hz for g in after if g != "machine"}
+    out = {g: round(s, 2) for g, s in sorted(spent.items(), key=lambda kv: -kv[1])}
+    out["other"] = round((after["machine"] - before["machine"]) / hz - sum(spent.values()), 2)
+    return out
+
+
 # --- the raw ceiling ----------------------------------------------------------------------
 
 
@@ -289,6 +344,8 @@ class Live:
     hub_counts: dict[str, int] = field(default_factory=dict)  # from the realtime feed
     status: str = "running"
     all_accepted_at: float | None = None  # perf_counter
+    #: (`cpu_ticks`, WAL position) at launch and when every message was accepted
+    readings: list[tuple[dict[str, int], int]] = field(default_factory=list)
     at_speed: asyncio.Event = field(default_factory=asyncio.Event)  # a tenth is out
 
 
@@ -360,14 +417,27 @@ class CampaignBench:
             await carrier.delete("/sandbox/requests")
             memory = HubMemory(children.procs["gateway"].pid, settings)
             idle = await asyncio.to_thread(memory.idle)
+            roots = {"gateway": memory.gateway_pid, "carrier": children.procs["carrier"].pid,
+                     "bench": os.getpid(), **{name: _pid_file(f) if f else None for name, f in (
+                         ("postgres", memory.pg_pid_file), ("redis", memory.redis_pid_file))}}
+            conn = await asyncpg.connect(services.database_url)
+
+            async def reading() -> tuple[dict[str, int], int]:
+                wal = await conn.fetchval(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+                return cpu_ticks(roots), int(wal)
+
             memory.start()
             try:
-                run = await self._campaign(api, carrier, sa, conversations, console)
+                run = await self._campaign(api, carrier, sa, conversations, console, reading)
             finally:
                 memory.stop()
+                await conn.close()
             raw_runs.append(await self._raw(carrier_url, numbers[0]))
         result = self._result(run, raw_runs, memory, idle, seed_s)
         result["row_versions"] = await _row_versions(services.database_url)
+        if result.get("cpu_s_by_group"):
+            _print_cpu(console, result)
         return result
 
     async def _senders(self, api: httpx.AsyncClient, sa: str, carrier_url: str) -> list[str]:
@@ -411,7 +481,9 @@ class CampaignBench:
                 pool, raw_ceiling, carrier_url, n, HUB_CONCURRENCY, from_)
 
     async def _campaign(self, api: httpx.AsyncClient, carrier: httpx.AsyncClient, sa: str,
-                        conversations: list[str], console: Console) -> dict[str, Any]:
+                        conversations: list[str], console: Console,
+                        reading: Callable[[], Awaitable[tuple[dict[str, int], int]]],
+                        ) -> dict[str, Any]:
         start, end = open_window_now()
         c = await _ok(api.post(f"/v1/sub-accounts/{sa}/campaigns", json={
             "name": f"bench {self.recipients:,}", "channel": "sms",
@@ -423,12 +495,13 @@ class CampaignBench:
         feed = asyncio.create_task(_follow_feed(api, sa, c["id"], live))
         replying = asyncio.create_task(self._replies(api, sa, conversations, live, sent))
         try:
+            live.readings.append(await reading())
             launched_wall = time.time()
             launched = time.perf_counter()
             await _ok(api.post(f"{base}/launch",
                                headers={"Idempotency-Key": f"launch-{c['id']}"}))
             launch_s = time.perf_counter() - launched
-            await self._watch(api, carrier, base, live, launched, console)
+            await self._watch(api, carrier, base, live, launched, console, reading)
             during_bulk = await replying
         finally:
             feed.cancel()
@@ -445,7 +518,8 @@ class CampaignBench:
                 and feed.exception() else None}
 
     async def _watch(self, api: httpx.AsyncClient, carrier: httpx.AsyncClient, base: str,
-                     live: Live, launched: float, console: Console) -> None:
+                     live: Live, launched: float, console: Console,
+                     reading: Callable[[], Awaitable[tuple[dict[str, int], int]]]) -> None:
         """Until the carrier has every message and the campaign says completed; a campaign
         that stops moving is reported, not waited on forever."""
         expected = self.recipients + self.replies
@@ -466,6 +540,7 @@ class CampaignBench:
                     live.at_speed.set()
                 if live.accepted >= expected and live.all_accepted_at is None:
                     live.all_accepted_at = now
+                    live.readings.append(await reading())
                 if tick % 2 == 0:
                     live.status = (await _ok(api.get(base)))["status"]
                 tick += 1
@@ -550,6 +625,11 @@ class CampaignBench:
             "watch_seconds": round(time.perf_counter() - launched, 2),
             "feed_error": run["feed_error"],
         }
+        if len(live.readings) == 2 and live.all_accepted_at is not None:
+            (before, wal_before), (after, wal_after) = live.readings
+            result.update({"cpu_seconds": round(live.all_accepted_at - launched, 2),
+                           "cpu_s_by_group": cpu_split(before, after),
+                           "wal_bytes": wal_after - wal_before})
         if self.replies:
             latencies = [(times["replies"][mid] - t0) * 1000 for t0, mid in run["replies"]
                          if mid in times["replies"]]
@@ -578,8 +658,6 @@ async def _row_versions(database_url: str) -> dict[str, dict[str, int]]:
     """Row versions the send path wrote in this run's own database (rows inserted, updated,
     of them HOT). Read 11 s after the run: a backend that went idle reports its counts
     within 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL)."""
-    import asyncpg
-
     await asyncio.sleep(11.0)
     conn = await asyncpg.connect(database_url)
     try:
@@ -590,6 +668,20 @@ async def _row_versions(database_url: str) -> dict[str, dict[str, int]]:
         await conn.close()
     return {r["relname"]: {"inserted": r["n_tup_ins"], "updated": r["n_tup_upd"],
                            "hot": r["n_tup_hot_upd"]} for r in rows}
+
+
+def _print_cpu(console: Console, result: dict[str, Any]) -> None:
+    """CPU of each part over the campaign (launch → every message accepted), per 1,000."""
+    mb = result["wal_bytes"] / 2**20
+    table = Table(title=f"CPU from launch to every message accepted "
+                        f"({result['cpu_seconds']:.1f} s), WAL {mb:,.0f} MB")
+    for column in ("process group", "CPU s", "ms per 1,000 messages", "cores"):
+        table.add_column(column, justify="left" if column == "process group" else "right")
+    per_1k = 1000 * 1000 / result["expected_sends"]
+    for group, seconds in result["cpu_s_by_group"].items():
+        table.add_row(group, f"{seconds:.2f}", f"{seconds * per_1k:.0f}",
+                      f"{seconds / result['cpu_seconds']:.2f}")
+    console.print(table)
 
 
 def _hub_sent(counts: dict[str, int]) -> int:

@@ -42,6 +42,10 @@ def test_bench_campaign_sends_everything_and_reports_every_figure() -> None:
     assert result["raw_ceiling_req_per_s"] > 0 and result["ratio_to_raw"] > 0
     # The send path's row versions were read from this run's database.
     assert result["row_versions"]["messages"]["inserted"] == 2005, result["row_versions"]
+    # CPU was counted per part of the machine over the campaign, and the WAL it wrote.
+    cpu = result["cpu_s_by_group"]
+    assert cpu["ray::SenderShell"] > 0 and cpu["postgres"] > 0 and "other" in cpu, cpu
+    assert result["wal_bytes"] > 0 and "CPU from launch" in stderr
     assert "send rate" in stderr and "agent replies" in stderr
 
 
