@@ -11,6 +11,7 @@ known) so that a later delivered/undelivered still moves the message forward.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -154,10 +155,18 @@ def message_form(message: OutboundMessage) -> list[tuple[str, str]]:
 
 def with_message_id(url: str, message_id: str) -> str:
     """The callback URL carrying our message id, so every callback names its message."""
+    head, tail = _message_id_slot(url)
+    return f"{head}{quote(message_id, safe='')}{tail}"
+
+
+@functools.lru_cache(maxsize=256)
+def _message_id_slot(url: str) -> tuple[str, str]:
+    """A callback URL split where the message id goes: last in its query, before any
+    fragment. A shard posts one URL with every message, so it is parsed once."""
     parts = urlsplit(url)
-    extra = f"message_id={quote(message_id, safe='')}"
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit(parts._replace(query=query))
+    query = f"{parts.query}&message_id=" if parts.query else "message_id="
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return urlunsplit(parts._replace(query=query, fragment="")), fragment
 
 
 def _refuse(creds: ProviderCredentials, message: OutboundMessage) -> SendError | None:
