@@ -389,7 +389,7 @@ class SenderCore:
                       results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
         accepted: list[tuple[UUID, str, str]] = []
         failed: list[tuple[UUID, str | None, str]] = []
-        retry: list[tuple[UUID, datetime]] = []
+        retry: list[tuple[UUID, datetime, str]] = []
         in_doubt: list[tuple[UUID, str]] = []
         done: list[str] = []
         retries: list[tuple[Outbound, float]] = []
@@ -411,7 +411,9 @@ class SenderCore:
                             self.limiter.penalize(key, delay, now)
                             break
                     self.metrics.throttled(row["provider"])
-                retry.append((row["id"], wall + timedelta(seconds=delay)))
+                again = wall + timedelta(seconds=delay)
+                retry.append((row["id"], again, f"{err.message[:400]}; trying again at "
+                              f"{again:%H:%M:%S} UTC"))
                 retries.append((item, delay))
             elif err.kind == ErrorKind.IN_DOUBT:
                 in_doubt.append((row["id"], err.message[:500]))

@@ -86,7 +86,8 @@ async def _thread_ctx(hub: Hub, access: Access, conversation_id: UUID) -> dict:
     for m in messages:
         m["words"] = STATUS_WORDS.get(m["status"], m["status"])
         m["reason"] = (m["error_message"] or explain(m["error_code"])) \
-            if m["status"] in ("failed", "undelivered") else ""
+            if m["status"] in ("failed", "undelivered") \
+            else (m["error_message"] or "") if m["status"] == "queued" else ""
     agents = await user_store.members(hub.pool, access.sa_id, ["agent", "admin"])
     return {"conversation": conv, "contact": contact, "label": contact_label(contact),
             "opted_out": opted_out, "messages": messages, "agents": agents}

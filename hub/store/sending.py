@@ -173,6 +173,7 @@ async def record_accepted(conn: Conn, owner: str | None,
                       status = CASE WHEN {sql_rank_case('u.st')} > {sql_rank_case('m.status')}
                                     THEN u.st ELSE m.status END,
                       sent_at = coalesce(m.sent_at, now()), in_doubt = false,
+                      error_message = NULL,
                       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
                WHERE m.id = u.id AND {_RESOLVABLE}
@@ -204,16 +205,19 @@ async def record_failed(conn: Conn, owner: str | None,
     )
 
 
-async def record_retry(conn: Conn, owner: str, rows: list[tuple[UUID, datetime]]) -> None:
-    """(message id, not before): throttled or never reached the provider; back to queued,
-    still leased by this shard, which holds it in its lane."""
+async def record_retry(conn: Conn, owner: str,
+                       rows: list[tuple[UUID, datetime, str]]) -> None:
+    """(message id, not before, why): throttled or never reached the provider; back to
+    queued, still leased by this shard, which holds it in its lane. `why` is the message's
+    `error_message` until it is sent, so an agent sees why it waits."""
     if not rows:
         return
     await conn.execute(
-        """UPDATE messages m SET status = 'queued', not_before = u.nb, updated_at = now()
-           FROM unnest($2::uuid[], $3::timestamptz[]) AS u(id, nb)
+        """UPDATE messages m SET status = 'queued', not_before = u.nb, error_message = u.why,
+                  updated_at = now()
+           FROM unnest($2::uuid[], $3::timestamptz[], $4::text[]) AS u(id, nb, why)
            WHERE m.id = u.id AND m.lease_owner = $1 AND m.status = 'sending'""",
-        owner, [r[0] for r in rows], [r[1] for r in rows],
+        owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
     )
 
 
