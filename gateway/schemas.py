@@ -529,6 +529,15 @@ class TemplatePatch(Input):
     subject: str | None = Field(None, max_length=998)
     media_urls: list[HttpUrl] | None = Field(None, max_length=10)
 
+    @field_validator("name", "channel", "body", "media_urls")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        """Left out keeps a field; null would empty one a template cannot be without (only
+        `subject` may be cleared)."""
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep it")
+        return value
+
 
 class TemplateOut(Output):
     id: UUID

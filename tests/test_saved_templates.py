@@ -167,3 +167,16 @@ async def test_a_campaign_starts_from_a_template_and_keeps_its_copy(
     assert_problem(await api.post(campaigns, headers=h,
                                   json={**spec, "template_id": theirs["id"]}),
                    422, field="template_id")
+
+
+async def test_bad_input_is_a_422_naming_the_field_never_a_500(
+    api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    h = auth(tenant.sa1_key)
+    t = (await _create(api, tenant)).json()
+    for field in ("name", "channel", "body", "media_urls"):
+        r = await api.patch(_url(tenant.sa1, t["id"]), headers=h, json={field: None})
+        assert_problem(r, 422, field=field)
+    assert (await api.get(_url(tenant.sa1, t["id"]), headers=h)).json() == t  # unchanged
+    assert_problem(await api.get(_url(tenant.sa1), headers=h, params={"q": "a\x00b"}), 422,
+                   field="q")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gateway import idempotency
 from gateway.deps import HubDep, IdempotencyKey, PageDep, PrincipalDep, SubAccountDep
-from gateway.schemas import Page, TemplateIn, TemplateOut, TemplatePatch, TemplatePreview
+from gateway.schemas import NoNul, Page, TemplateIn, TemplateOut, TemplatePatch, TemplatePreview
 from hub import template_actions as actions
 from hub.pagination import make_page
 from hub.store import templates as store
@@ -25,7 +25,8 @@ Channel = Literal["sms", "mms", "email", "voice"]
 async def list_templates(
     hub: HubDep, sub_account: SubAccountDep, page: PageDep,
     channel: Annotated[Channel | None, Query()] = None,
-    q: Annotated[str | None, Query(max_length=200, description="part of the name")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="part of the name"),
+                 NoNul] = None,
 ) -> Page[TemplateOut]:
     rows = await store.list_page(hub.pool, sub_account["id"], channel=channel, q=q,
                                  cursor=page.cursor, limit=page.limit)
