@@ -272,6 +272,13 @@ async def test_contact_search_is_literal_and_reads_phones_written_any_way(
         assert r.status_code == 201, r.text
     r = await api.get(sups, headers=h, params={"address": "a_"})
     assert [s["address"] for s in r.json()["data"]] == ["a_b@example.com"]
+    # And a phone number is found written any way, or by part of its digits.
+    r = await api.post(sups, headers=h, json={"channel": "sms", "address": "+16465550112",
+                                              "reason": "asked"})
+    assert r.status_code == 201, r.text
+    for written in ("(646) 555-0112", "646555011", "+1 646 555 0112"):
+        r = await api.get(sups, headers=h, params={"address": written})
+        assert [s["address"] for s in r.json()["data"]] == ["+16465550112"], written
 
 
 async def test_malformed_json_names_the_body_and_where(

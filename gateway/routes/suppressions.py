@@ -12,6 +12,7 @@ from gateway import idempotency
 from gateway.deps import HubDep, IdempotencyKey, PageDep, PrincipalDep, SubAccountDep
 from gateway.schemas import NoNul, Page, SuppressionIn, SuppressionOut
 from hub import actions
+from hub.contacts import phone_search
 from hub.errors import NotFound
 from hub.pagination import make_page
 from hub.store import suppressions as store
@@ -23,12 +24,15 @@ router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["suppressions"])
 async def list_suppressions(
     hub: HubDep, sub_account: SubAccountDep, page: PageDep,
     channel: Annotated[Literal["sms", "email", "voice"] | None, Query()] = None,
-    address: Annotated[str | None, Query(max_length=320, description="address prefix"),
-                       NoNul] = None,
+    address: Annotated[str | None, Query(
+        max_length=320, description="part of the address; a phone number written any way "
+                                    "((646) 555-0112) finds its E.164 form"),
+        NoNul] = None,
     include_removed: Annotated[bool, Query()] = False,
 ) -> Page[SuppressionOut]:
     rows = await store.list_page(hub.pool, sub_account["id"], channel=channel,
-                                 address=address.lower() if address else None,
+                                 address=phone_search(address, sub_account["default_region"])
+                                 .lower() if address else None,
                                  include_removed=include_removed, cursor=page.cursor,
                                  limit=page.limit)
     p = make_page(rows, page.limit)

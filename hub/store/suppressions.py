@@ -81,7 +81,7 @@ async def list_page(conn: Conn, sub_account_id: UUID, *, channel: str | None,
     rows = await conn.fetch(
         f"""SELECT {COLS} FROM suppressions
             WHERE sub_account_id = $1 AND ($2::text IS NULL OR channel = $2)
-              AND ($3::text IS NULL OR address LIKE $3 || '%')
+              AND ($3::text IS NULL OR address LIKE '%' || $3 || '%')
               AND ($4 OR removed_at IS NULL) AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
         sub_account_id, channel, None if address is None else like_literal(address),
