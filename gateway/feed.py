@@ -15,6 +15,8 @@ from enum import Enum, IntEnum
 from typing import Any
 from uuid import UUID
 
+from hub.events import iso
+
 
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
@@ -261,7 +263,7 @@ def dump(frame: dict[str, Any]) -> str:
 
 def hello(sub_account_id: UUID, seq: int, heartbeat_s: float, now: datetime) -> str:
     return dump({"type": "hello", "sub_account_id": str(sub_account_id), "seq": seq,
-                 "heartbeat_s": heartbeat_s, "server_time": now.isoformat()})
+                 "heartbeat_s": heartbeat_s, "server_time": iso(now)})
 
 
 def subscribed(topics: set[str], since: int) -> str:

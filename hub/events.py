@@ -51,7 +51,7 @@ class Event:
             "event": self.type,
             "topic": self.topic,
             "data": self.data,
-            "created_at": self.created_at.isoformat(),
+            "created_at": iso(self.created_at),
         }
 
     def frame(self) -> str:
@@ -60,7 +60,7 @@ class Event:
         data = self.data_json if self.data_json is not None else compact(self.data)
         return (f'{{"type":"event","id":"{self.id}","seq":{self.seq},'
                 f'"event":{compact(self.type)},"topic":{compact(self.topic)},'
-                f'"data":{data},"created_at":"{self.created_at.isoformat()}"}}')
+                f'"data":{data},"created_at":"{iso(self.created_at)}"}}')
 
     def wire(self) -> str:
         """What `publish` sends: a one-line JSON header with what the feed routes by, then
@@ -70,7 +70,18 @@ class Event:
 
 
 def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return json.dumps(value, separators=(",", ":"), default=_json_value)
+
+
+def iso(moment: datetime) -> str:
+    """A time as the REST API writes it (pydantic's JSON): ISO 8601 with a `T`, UTC as `Z`.
+    `str()` wrote '2026-12-03 22:47:24+00:00', which some clients (Safari's Date) refuse."""
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _json_value(value: Any) -> Any:
+    return iso(value) if isinstance(value, datetime) else str(value)
 
 
 async def append(conn: asyncpg.Connection, pending: list[PendingEvent]) -> list[Event]:

@@ -695,3 +695,25 @@ def test_published_event_reaches_clients_as_the_frame_the_log_replays() -> None:
     no_topic = events.Event(written.id, written.sub_account_id, 43, "contact.created", None,
                             {"id": "c"}, written.created_at)
     assert protocol.LiveEvent.from_wire(no_topic.wire()).topic is None
+
+
+async def test_event_times_are_written_as_the_rest_api_writes_them(
+    api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """ISO 8601 with a `T` and UTC as `Z`, in the snapshot and the frame: the snapshot's
+    times were `str()` ('2026-12-03 22:47:24+00:00'), which Safari's Date refuses."""
+    feed = await Feed.open(api, tenant.sa1_key)
+    try:
+        assert feed.hello["server_time"].endswith("Z"), feed.hello
+        await feed.subscribe(["*"])
+        r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/contacts",
+                           headers=auth(tenant.sa1_key),
+                           json={"phone": "+14155550177", "first_name": "Iso"})
+        assert r.status_code == 201, r.text
+        while (frame := (await feed.events(1))[0])["event"] != "contact.created":
+            pass
+    finally:
+        await feed.close()
+    assert frame["data"]["created_at"] == r.json()["created_at"]
+    assert frame["data"]["updated_at"] == r.json()["updated_at"]
+    assert frame["created_at"].endswith("Z") and "T" in frame["created_at"]
