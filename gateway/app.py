@@ -93,6 +93,14 @@ def freeze_startup_heap() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
+#: uvicorn options every server of this app takes. Its own WebSocket pings are off: the
+#: feed's heartbeat (docs/realtime.md) decides liveness, and closes with the documented 4008
+#: after 2 x heartbeat_s, where uvicorn's 20 s ping would cut a silent client first, at
+#: about 40 s and with no close code.
+SERVER_OPTIONS: dict[str, Any] = {"ws_ping_interval": None, "ws_ping_timeout": None,
+                                  "log_config": None, "lifespan": "on"}
+
+
 def create_app(settings: Settings, database_url: str, redis_url: str, *,
                apply_webhooks: bool = True, applier_metrics: Path | None = None) -> FastAPI:
     """`apply_webhooks=False`: this process does not apply the webhook inbox, a

@@ -107,12 +107,13 @@ def serve(role: str, port: int, loop: str, workers: int) -> None:
     uvicorn with `workers` worker processes, httptools and the given event loop."""
     import uvicorn
 
+    from gateway.app import SERVER_OPTIONS
+
     factory = "hub.bench_webhooks:gateway_app" if role == "gateway" else \
         "hub.bench_webhooks:bare_app"
     uvicorn.run(factory, factory=True, host="127.0.0.1", port=port, loop=loop,
-                http="httptools", ws="auto", workers=workers,
-                log_config=None, access_log=False,
-                lifespan="on" if role == "gateway" else "off")
+                http="httptools", ws="auto", workers=workers, access_log=False,
+                **{**SERVER_OPTIONS, "lifespan": "on" if role == "gateway" else "off"})
 
 
 def _free_port() -> int:

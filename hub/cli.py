@@ -106,13 +106,13 @@ async def _applier(services: Services, metrics_dir: Path) -> None:
 
 async def _serve(settings: Settings, services: Services,
                  on_started: object = None) -> None:
-    from gateway.app import create_app
+    from gateway.app import SERVER_OPTIONS, create_app
 
     metrics_dir = Path(tempfile.mkdtemp(prefix="hub-applier-metrics-"))
     application = create_app(settings, services.database_url, services.redis_url,
                              apply_webhooks=False, applier_metrics=metrics_dir)
     config = uvicorn.Config(application, host=settings.host, port=settings.port,
-                            log_config=None, access_log=False, lifespan="on")
+                            access_log=False, **SERVER_OPTIONS)
     server = uvicorn.Server(config)
     applier = asyncio.create_task(_applier(services, metrics_dir))
     task = asyncio.create_task(server.serve())

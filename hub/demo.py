@@ -211,7 +211,7 @@ async def run_demo(settings: Settings, services: Services, console: Console,
                    exit_when_done: bool) -> None:
     from channels.sandbox import run_carrier_in_thread
     from channels.sandbox_config import CarrierConfig, Latency
-    from gateway.app import create_app
+    from gateway.app import SERVER_OPTIONS, create_app
     from hub.cli import write_demo_file
     from hub.webhook_actions import PUBLIC_KEY
 
@@ -253,7 +253,7 @@ async def run_demo(settings: Settings, services: Services, console: Console,
 
     server = uvicorn.Server(uvicorn.Config(
         create_app(settings, services.database_url, services.redis_url), host=settings.host,
-        port=settings.port, log_config=None, access_log=False, lifespan="on"))
+        port=settings.port, access_log=False, **SERVER_OPTIONS))
     serving = asyncio.create_task(server.serve())
     with console.status("starting the gateway and the Ray actors…"):
         while not server.started:

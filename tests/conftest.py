@@ -67,13 +67,13 @@ class _ServerThread(threading.Thread):
 @pytest.fixture(scope="session")
 def gateway_url(settings: Settings, services: Services) -> Iterator[str]:
     from actors import ray_api
-    from gateway.app import create_app
+    from gateway.app import SERVER_OPTIONS, create_app
 
     ray_api.init(settings.ray_address)  # once per run, from the main thread
 
     app = create_app(settings, services.database_url, services.redis_url)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port,
-                                           log_config=None, lifespan="on"))
+                                           **SERVER_OPTIONS))
     thread = _ServerThread(server)
     thread.start()
     for _ in range(3000):

@@ -237,11 +237,11 @@ class Stack:
         return self
 
     def _start_gateway(self, port: int) -> str:
-        from gateway.app import create_app
+        from gateway.app import SERVER_OPTIONS, create_app
 
         app = create_app(self.settings, self.pg.url, self.redis.url)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_config=None, lifespan="on"))
+                                               **SERVER_OPTIONS))
         thread = _ServerThread(server)
         thread.start()
         deadline = time.monotonic() + 300
