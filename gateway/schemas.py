@@ -126,7 +126,8 @@ class ApiKeyOut(Output):
 
 
 class ApiKeyCreated(ApiKeyOut):
-    key: str = Field(description="shown once; store it now")
+    key: str = Field(description="shown once, in this answer only (it is stored nowhere; a "
+                     "replay of the request is 409 secret_shown_once); store it now")
 
 
 # --- providers and senders ------------------------------------------------------------

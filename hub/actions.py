@@ -108,22 +108,30 @@ async def do_update_sub_account(hub: Hub, sub_account_id: UUID, fields: Row) -> 
     return row
 
 
-async def do_create_api_key(hub: Hub, principal: Principal, sub_account: Row,
+async def do_create_api_key(hub: Hub, principal: Principal, sub_account_id: UUID | None,
                             name: str) -> tuple[Row, str]:
+    """A key of one sub-account of the caller's agency, or of the agency itself (None)."""
     key, prefix, key_hash = new_api_key()
     async with hub.transaction() as tx:
         row = await tenants.insert_api_key(
-            tx.conn, sub_account["agency_id"], sub_account["id"], name, prefix, key_hash
+            tx.conn, principal.agency_id, sub_account_id, name, prefix, key_hash
         )
-    log.info("api key created", extra={"sub_account_id": str(sub_account["id"]),
+    log.info("api key created", extra={"sub_account_id": str(sub_account_id),
                                        "key_id": str(row["id"]), "by": principal.actor})
     return row, key
 
 
-async def do_revoke_api_key(hub: Hub, principal: Principal, sub_account_id: UUID,
+async def do_revoke_api_key(hub: Hub, principal: Principal, sub_account_id: UUID | None,
                             key_id: UUID) -> Row:
+    """Revoke a sub-account's key, or an agency key (None). The agency's last live agency
+    key stays: without one nobody could create sub-accounts or keys, and a fresh one could
+    only be made in SQL. Rotate by creating the new key first."""
     async with hub.transaction() as tx:
-        row = await tenants.revoke_api_key(tx.conn, sub_account_id, key_id)
+        if sub_account_id is None and \
+                await tenants.lock_live_agency_keys(tx.conn, principal.agency_id) == [key_id]:
+            raise Conflict("this is the agency's last agency key: create another, then revoke "
+                           "this one", code="last_agency_key")
+        row = await tenants.revoke_api_key(tx.conn, principal.agency_id, sub_account_id, key_id)
     if row is None:
         raise NotFound("no such API key", code="api_key_not_found")
     log.info("api key revoked", extra={"key_id": str(key_id), "by": principal.actor})

@@ -5,7 +5,9 @@ it.
 Columns: phone, email, first_name, last_name, timezone, tags (separated by `;` or `|`;
 the columns themselves by commas, or by the semicolons or tabs some spreadsheets write);
 any other column becomes a custom field. Headers are matched case-insensitively and common
-spellings ("Phone Number", "E-mail", "First Name") are understood.
+spellings ("Phone Number", "E-mail", "First Name") are understood. A column with no name
+must be empty; a row with a value beyond the header's columns is reported, not imported.
+Every row ends created, updated, or in the error report with the reason.
 """
 
 from __future__ import annotations
@@ -98,8 +100,16 @@ def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
     if not {"phone", "email"} & known:
         raise ValidationFailed.field("file", "no phone or email column; name one `phone` or "
                                      "`email`", "missing_column")
-    values = (v for v in reader if any(x.strip() for x in v))
-    return columns, list(enumerate(values, start=1))
+    rows = list(enumerate((v for v in reader if any(x.strip() for x in v)), start=1))
+    # A column with no name is ignored while it is empty (a trailing separator); a value in
+    # it would have nowhere to go.
+    for i in (i for i, h in enumerate(header) if not h.strip()):
+        n = next((n for n, v in rows if i < len(v) and v[i].strip()), None)
+        if n is not None:
+            raise ValidationFailed.field(
+                "file", f"column {i + 1} has no name in the header line, but row {n} has a "
+                "value in it; name the column or delete it", "unnamed_column")
+    return columns, rows
 
 
 def _delimiter(text: str) -> str:
@@ -116,6 +126,12 @@ def _validate(columns: list[str], rows: list[tuple[int, list[str]]], default_reg
     records: list[tuple[Any, ...]] = []
     errors: list[RowError] = []
     for n, values in rows:
+        extra = next((i for i in range(len(columns), len(values)) if values[i].strip()), None)
+        if extra is not None:  # most likely a value holding an unquoted separator
+            errors.append((n, "row", "extra_cells", f"a value in column {extra + 1}, beyond "
+                           f"the header's {len(columns)} columns; quote values that hold "
+                           "the separator"))
+            continue
         data: dict[str, Any] = {}
         custom: dict[str, str] = {}
         for col, value in zip(columns, values, strict=False):
@@ -142,6 +158,23 @@ def _validate(columns: list[str], rows: list[tuple[int, list[str]]], default_reg
                         c.get("first_name"), c.get("last_name"), c.get("timezone"),
                         c.get("tags"), c.get("custom_fields")))
     return records, errors
+
+
+def _merge_error(row: dict[str, Any]) -> RowError:
+    """The report line of a row the merge did not apply (hub.store.contacts.merge_staging)."""
+    n, reason = row["row_number"], row["reason"]
+    if reason == "same_contact":
+        by = row["matched_by"]
+        return (n, by, reason, f"its {by} matches the same contact as row {row['other_row']}, "
+                "which was applied instead; one contact takes one row of a file")
+    field, message = {
+        "superseded": ("row", "a later row has the same phone or email"),
+        "ambiguous_contact": ("email", "the phone and the email belong to two different "
+                              "contacts"),
+        "contact_changed": ("row", "other writers kept changing the contact this row "
+                            "matches while it was imported; import the row again"),
+    }[reason]
+    return (n, field, reason, message)
 
 
 async def do_create_import(hub: Hub, sub_account_id: UUID, filename: str | None,
@@ -197,14 +230,10 @@ async def _run_locked(hub: Hub, job_id: UUID, sub_account_id: UUID,
         async with hub.transaction() as tx:
             await contact_store.create_staging(tx.conn)
             await contact_store.copy_staging(tx.conn, records)
-            created, updated, conflicts, superseded = await contact_store.merge_staging(
+            created, updated, rejected = await contact_store.merge_staging(
                 tx.conn, sub_account_id
             )
-            errors += [(r["row_number"], "email", "ambiguous_contact",
-                        "the phone and the email belong to two different contacts")
-                       for r in conflicts]
-            errors += [(n, "row", "superseded", "a later row has the same phone or email")
-                       for n in superseded]
+            errors += map(_merge_error, rejected)
             errors.sort()
             await import_store.finish(tx.conn, job_id, status="completed", total=total,
                                       created=created, updated=updated, errors=errors)

@@ -84,8 +84,8 @@ def roles_for_route(method: str, template: str) -> frozenset[Role]:
 
 @dataclass(frozen=True, slots=True)
 class UserPrincipal(Principal):
-    """A person signed in with a session. `key_id` is the user id (it scopes idempotency
-    keys); `sub_account_id` is the one sub-account of the request once a grant allowed it."""
+    """A person signed in with a session. `key_id` is the user id; `sub_account_id` is the
+    one sub-account of the request once a grant allowed it."""
 
     user_id: UUID
     email: str

@@ -137,18 +137,17 @@ async def get_import_errors(
     hub: HubDep, sub_account: SubAccountDep, job_id: UUID,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     cursor: Annotated[str | None,
-                      Query(pattern=r"^\d+$", description="last row number seen")] = None,
+                      Query(pattern=r"^\d{1,9}:.+$", max_length=300,
+                            description="the last error seen: `row:field`"), NoNul] = None,
 ) -> ImportErrorsPage:
     """The per-row error report: which row, which field, why."""
     if await import_store.get(hub.pool, sub_account["id"], job_id) is None:
         raise NotFound("no such import", code="import_not_found")
-    rows = await import_store.list_errors(hub.pool, job_id, int(cursor or 0), limit + 1)
+    row, _, field = (cursor or "0:").partition(":")
+    rows = await import_store.list_errors(hub.pool, job_id, (int(row), field), limit + 1)
     has_more = len(rows) > limit
     rows = rows[:limit]
-    if has_more:  # never split one row's errors across pages
-        last = rows[-1]["row_number"]
-        rows = [r for r in rows if r["row_number"] != last] or rows
-    nxt = str(rows[-1]["row_number"]) if has_more and rows else None
+    nxt = f"{rows[-1]['row_number']}:{rows[-1]['field']}" if has_more else None
     return ImportErrorsPage(data=[ImportErrorOut(**r) for r in rows], has_more=has_more,
                             next_cursor=nxt)
 

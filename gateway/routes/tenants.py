@@ -1,4 +1,4 @@
-"""Sub-accounts and their API keys."""
+"""Sub-accounts, their API keys and the agency's own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway import idempotency
-from gateway.deps import HubDep, IdempotencyKey, PageDep, PrincipalDep, SubAccountDep
+from gateway.deps import (
+    HubDep,
+    IdempotencyKey,
+    PageDep,
+    PageParams,
+    PrincipalDep,
+    SubAccountDep,
+)
 from gateway.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
@@ -19,8 +26,10 @@ from gateway.schemas import (
     SubAccountPatch,
 )
 from hub import actions
+from hub.context import Hub
 from hub.pagination import make_page
 from hub.store import tenants
+from hub.tenancy import Principal
 
 router = APIRouter(prefix="/v1", tags=["sub-accounts"])
 
@@ -60,25 +69,60 @@ async def update_sub_account(hub: HubDep, sub_account: SubAccountDep,
 
 @router.get("/sub-accounts/{sa}/api-keys", response_model=Page[ApiKeyOut])
 async def list_api_keys(hub: HubDep, sub_account: SubAccountDep, page: PageDep) -> Page[ApiKeyOut]:
-    rows = await tenants.list_api_keys(hub.pool, sub_account["id"], page.cursor, page.limit)
-    p = make_page(rows, page.limit)
-    return Page[ApiKeyOut](data=[ApiKeyOut(**r) for r in p.data], has_more=p.has_more,
-                           next_cursor=p.next_cursor)
+    return await _list_keys(hub, sub_account["agency_id"], sub_account["id"], page)
 
 
 @router.post("/sub-accounts/{sa}/api-keys", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
                          body: ApiKeyIn, request: Request,
                          key: IdempotencyKey = None) -> JSONResponse:
-    async def work() -> tuple[int, ApiKeyCreated]:
-        row, secret = await actions.do_create_api_key(hub, principal, sub_account, body.name)
-        return 201, ApiKeyCreated(**row, key=secret)
-
-    return await idempotency.run(hub, principal, key, "POST", request.url.path, body, work)
+    return await _create_key(hub, principal, sub_account["id"], body, request, key)
 
 
 @router.delete("/sub-accounts/{sa}/api-keys/{key_id}", response_model=ApiKeyOut)
 async def revoke_api_key(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
                          key_id: UUID) -> ApiKeyOut:
-    row = await actions.do_revoke_api_key(hub, principal, sub_account["id"], key_id)
-    return ApiKeyOut(**row)
+    return ApiKeyOut(**await actions.do_revoke_api_key(hub, principal, sub_account["id"], key_id))
+
+
+# The agency's own keys (they reach every sub-account), for agency keys only.
+
+
+@router.get("/agency/api-keys", response_model=Page[ApiKeyOut], tags=["agency"])
+async def list_agency_api_keys(hub: HubDep, principal: PrincipalDep,
+                               page: PageDep) -> Page[ApiKeyOut]:
+    principal.require_agency()
+    return await _list_keys(hub, principal.agency_id, None, page)
+
+
+@router.post("/agency/api-keys", status_code=201, response_model=ApiKeyCreated, tags=["agency"])
+async def create_agency_api_key(hub: HubDep, principal: PrincipalDep, body: ApiKeyIn,
+                                request: Request, key: IdempotencyKey = None) -> JSONResponse:
+    principal.require_agency()
+    return await _create_key(hub, principal, None, body, request, key)
+
+
+@router.delete("/agency/api-keys/{key_id}", response_model=ApiKeyOut, tags=["agency"])
+async def revoke_agency_api_key(hub: HubDep, principal: PrincipalDep, key_id: UUID) -> ApiKeyOut:
+    principal.require_agency()
+    return ApiKeyOut(**await actions.do_revoke_api_key(hub, principal, None, key_id))
+
+
+async def _list_keys(hub: Hub, agency_id: UUID, sub_account_id: UUID | None,
+                     page: PageParams) -> Page[ApiKeyOut]:
+    rows = await tenants.list_api_keys(hub.pool, agency_id, sub_account_id, page.cursor,
+                                       page.limit)
+    p = make_page(rows, page.limit)
+    return Page[ApiKeyOut](data=[ApiKeyOut(**r) for r in p.data], has_more=p.has_more,
+                           next_cursor=p.next_cursor)
+
+
+async def _create_key(hub: Hub, principal: Principal, sub_account_id: UUID | None,
+                      body: ApiKeyIn, request: Request, key: str | None) -> JSONResponse:
+    """The secret is in this answer only: the Idempotency-Key record keeps the rest."""
+    async def work() -> tuple[int, ApiKeyCreated]:
+        row, secret = await actions.do_create_api_key(hub, principal, sub_account_id, body.name)
+        return 201, ApiKeyCreated(**row, key=secret)
+
+    return await idempotency.run(hub, principal, key, "POST", request.url.path, body, work,
+                                 shown_once="key")

@@ -108,68 +108,124 @@ async def copy_staging(conn: asyncpg.Connection, records: list[tuple[Any, ...]])
     await conn.copy_records_to_table("import_rows", records=records, columns=IMPORT_COLUMNS)
 
 
-async def merge_staging(
-    conn: asyncpg.Connection, sub_account_id: UUID
-) -> tuple[int, int, list[Row], list[int]]:
-    """Merge staged rows into contacts. Returns (created, updated, conflicts, superseded).
+MERGE_PASSES = 3  # a pass retries only rows another writer raced; three is plenty
 
-    A row matches an existing contact by phone, else by email. A row whose phone and email
-    belong to two different contacts is a conflict, reported and not applied. Later rows of
-    the file win over earlier rows with the same phone or email.
+# One merge at a time per sub-account: two at once over the same phones could deadlock
+# (each waiting on rows the other inserted), and the second would retry what the first made.
+_MERGE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('contact-merge:' || $1::uuid, 0))"
+
+_MATCH = """CREATE TEMP TABLE import_matched ON COMMIT DROP AS
+    WITH ranked AS (
+        SELECT r.*,
+            row_number() OVER (PARTITION BY phone ORDER BY row_number DESC) AS by_phone,
+            row_number() OVER (PARTITION BY email_key ORDER BY row_number DESC) AS by_email
+        FROM import_rows r),
+    last AS (  -- the file's last row for each phone and each email wins
+        SELECT * FROM ranked
+        WHERE (phone IS NULL OR by_phone = 1) AND (email_key IS NULL OR by_email = 1))
+    SELECT l.*, cp.id AS phone_match, ce.id AS email_match, gen_random_uuid() AS new_id,
+           NULL::text AS outcome, NULL::integer AS other_row
+    FROM last l
+    LEFT JOIN contacts cp ON cp.sub_account_id = $1 AND cp.phone = l.phone
+    LEFT JOIN contacts ce ON ce.sub_account_id = $1 AND ce.email_key = l.email_key"""
+
+# Rows still open after a pass lost a race with another writer: match them again.
+_REMATCH = """UPDATE import_matched m SET
+        phone_match = (SELECT id FROM contacts WHERE sub_account_id = $1 AND phone = m.phone),
+        email_match = (SELECT id FROM contacts
+                       WHERE sub_account_id = $1 AND email_key = m.email_key)
+    WHERE outcome IS NULL"""
+
+_CONFLICTS = """UPDATE import_matched SET outcome = 'ambiguous_contact'
+    WHERE outcome IS NULL AND phone_match <> email_match"""
+
+# One contact takes one row of a file. Two open rows can share a contact only when one
+# matches it by phone and the other by email alone (the file's phones and emails are
+# unique by now): the phone match wins, as matching goes by phone first.
+_SAME_CONTACT = """UPDATE import_matched m SET outcome = 'same_contact', other_row = o.row_number
+    FROM import_matched o
+    WHERE m.outcome IS NULL AND o.row_number <> m.row_number
+      AND coalesce(o.phone_match, o.email_match) = coalesce(m.phone_match, m.email_match)
+      AND (o.outcome = 'updated' OR o.outcome IS NULL AND m.phone_match IS NULL)"""
+
+_UPDATE = """WITH applied AS (
+        UPDATE contacts c SET
+            phone = coalesce(m.phone, c.phone),
+            email = coalesce(m.email, c.email),
+            email_key = coalesce(m.email_key, c.email_key),
+            first_name = coalesce(m.first_name, c.first_name),
+            last_name = coalesce(m.last_name, c.last_name),
+            timezone = coalesce(m.timezone, c.timezone),
+            tags = CASE WHEN m.tags IS NULL THEN c.tags
+                        ELSE ARRAY(SELECT DISTINCT unnest(c.tags || m.tags)) END,
+            custom_fields = c.custom_fields || coalesce(m.custom_fields, '{}'),
+            updated_at = now()
+        FROM import_matched m
+        WHERE m.outcome IS NULL AND c.sub_account_id = $1
+          AND c.id = coalesce(m.phone_match, m.email_match)
+        RETURNING m.row_number)
+    UPDATE import_matched m SET outcome = 'updated'
+    FROM applied a WHERE m.row_number = a.row_number"""
+
+# A contact another writer created since the match makes the insert skip the row; it stays
+# open for the next pass, which matches it to that contact and updates it.
+_INSERT = """WITH created AS (
+        INSERT INTO contacts (id, sub_account_id, phone, email, email_key, first_name,
+                              last_name, timezone, tags, custom_fields)
+        SELECT new_id, $1, phone, email, email_key, coalesce(first_name, ''),
+               coalesce(last_name, ''), timezone, coalesce(tags, '{}'),
+               coalesce(custom_fields, '{}')
+        FROM import_matched
+        WHERE outcome IS NULL AND phone_match IS NULL AND email_match IS NULL
+        ORDER BY row_number
+        ON CONFLICT DO NOTHING
+        RETURNING id)
+    UPDATE import_matched m SET outcome = 'created' FROM created c WHERE m.new_id = c.id"""
+
+
+async def merge_staging(conn: asyncpg.Connection, sub_account_id: UUID
+                        ) -> tuple[int, int, list[Row]]:
+    """Merge staged rows into contacts. Returns (created, updated, rejected): every staged
+    row is created, updated or rejected, and a rejected row says why (`row_number`,
+    `reason`, `other_row`, `matched_by`).
+
+    A row matches an existing contact by phone, else by email. Reasons: `superseded`, a
+    later row of the file has the same phone or email (later rows win); `ambiguous_contact`,
+    the phone and the email belong to two different contacts; `same_contact`, another row
+    (`other_row`) writes the contact this row matches (by `matched_by`); `contact_changed`,
+    other writers kept changing the contacts the row matches while it was merged.
+
+    Another writer's new contact with a row's phone or email (a concurrent `POST /contacts`,
+    an inbound message) turns that row's insert into an update, in a further pass.
     """
-    await conn.execute(
-        """CREATE TEMP TABLE import_matched ON COMMIT DROP AS
-           WITH ranked AS (
-               SELECT r.*,
-                   row_number() OVER (PARTITION BY phone ORDER BY row_number DESC) AS by_phone,
-                   row_number() OVER (PARTITION BY email_key ORDER BY row_number DESC) AS by_email
-               FROM import_rows r),
-           last AS (  -- the file's last row for each phone and each email wins
-               SELECT * FROM ranked
-               WHERE (phone IS NULL OR by_phone = 1) AND (email_key IS NULL OR by_email = 1))
-           SELECT l.*, cp.id AS phone_match, ce.id AS email_match
-           FROM last l
-           LEFT JOIN contacts cp ON cp.sub_account_id = $1 AND cp.phone = l.phone
-           LEFT JOIN contacts ce ON ce.sub_account_id = $1 AND ce.email_key = l.email_key""",
-        sub_account_id,
+    await conn.execute(_MERGE_LOCK, sub_account_id)
+    await conn.execute(_MATCH, sub_account_id)
+    created = updated = 0
+    for attempt in range(MERGE_PASSES):
+        if attempt:
+            await conn.execute(_REMATCH, sub_account_id)
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.execute(_CONFLICTS)
+                await conn.execute(_SAME_CONTACT)
+                updated += _count(await conn.execute(_UPDATE, sub_account_id))
+        except asyncpg.UniqueViolationError:
+            continue  # a phone or email a row sets was just taken by another writer
+        created += _count(await conn.execute(_INSERT, sub_account_id))
+        if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM import_matched WHERE outcome IS NULL)"):
+            break
+    rejected = await conn.fetch(
+        """SELECT r.row_number, CASE WHEN m.row_number IS NULL THEN 'superseded'
+                                     ELSE coalesce(m.outcome, 'contact_changed') END AS reason,
+                  m.other_row,
+                  CASE WHEN m.phone_match IS NOT NULL THEN 'phone' ELSE 'email' END
+                      AS matched_by
+           FROM import_rows r LEFT JOIN import_matched m USING (row_number)
+           WHERE coalesce(m.outcome, '') NOT IN ('created', 'updated')"""
     )
-    conflicts = await conn.fetch(
-        """SELECT row_number FROM import_matched
-           WHERE phone_match IS NOT NULL AND email_match IS NOT NULL
-             AND phone_match <> email_match"""
-    )
-    updated = await conn.execute(
-        """UPDATE contacts c SET
-               phone = coalesce(m.phone, c.phone),
-               email = coalesce(m.email, c.email),
-               email_key = coalesce(m.email_key, c.email_key),
-               first_name = coalesce(m.first_name, c.first_name),
-               last_name = coalesce(m.last_name, c.last_name),
-               timezone = coalesce(m.timezone, c.timezone),
-               tags = CASE WHEN m.tags IS NULL THEN c.tags
-                           ELSE ARRAY(SELECT DISTINCT unnest(c.tags || m.tags)) END,
-               custom_fields = c.custom_fields || coalesce(m.custom_fields, '{}'),
-               updated_at = now()
-           FROM import_matched m
-           WHERE c.sub_account_id = $1
-             AND c.id = coalesce(m.phone_match, m.email_match)
-             AND (m.phone_match IS NULL OR m.email_match IS NULL
-                  OR m.phone_match = m.email_match)""",
-        sub_account_id,
-    )
-    created = await conn.execute(
-        """INSERT INTO contacts (sub_account_id, phone, email, email_key, first_name, last_name,
-                                 timezone, tags, custom_fields)
-           SELECT $1, phone, email, email_key, coalesce(first_name, ''), coalesce(last_name, ''),
-                  timezone, coalesce(tags, '{}'), coalesce(custom_fields, '{}')
-           FROM import_matched WHERE phone_match IS NULL AND email_match IS NULL
-           ORDER BY row_number
-           ON CONFLICT DO NOTHING""",
-        sub_account_id,
-    )
-    superseded = await conn.fetch(
-        """SELECT r.row_number FROM import_rows r
-           WHERE NOT EXISTS (SELECT 1 FROM import_matched m WHERE m.row_number = r.row_number)"""
-    )
-    return (int(created.split()[-1]), int(updated.split()[-1]), [dict(r) for r in conflicts],
-            [int(r["row_number"]) for r in superseded])
+    return created, updated, [dict(r) for r in rejected]
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])

@@ -92,10 +92,13 @@ async def finish(conn: Conn, id_: UUID, *, status: str, total: int, created: int
     )
 
 
-async def list_errors(conn: Conn, job_id: UUID, after_row: int, limit: int) -> list[Row]:
+async def list_errors(conn: Conn, job_id: UUID, after: tuple[int, str],
+                      limit: int) -> list[Row]:
+    """The errors after (row number, field), in that order (a row can have several)."""
     rows = await conn.fetch(
         """SELECT row_number, field, code, message FROM import_errors
-           WHERE job_id = $1 AND row_number > $2 ORDER BY row_number, field LIMIT $3""",
-        job_id, after_row, limit,
+           WHERE job_id = $1 AND (row_number, field) > ($2, $3)
+           ORDER BY row_number, field LIMIT $4""",
+        job_id, *after, limit,
     )
     return [dict(r) for r in rows]

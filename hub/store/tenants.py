@@ -13,6 +13,7 @@ from hub.store import sql
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
 
+API_KEY_COLS = "id, agency_id, sub_account_id, name, prefix, created_at, last_used_at, revoked_at"
 SUB_ACCOUNT_COLS = (
     "id, agency_id, name, default_region, timezone, help_text, quiet_start, quiet_end, "
     "created_at, updated_at"
@@ -39,9 +40,7 @@ async def insert_api_key(
 ) -> Row:
     row = await conn.fetchrow(
         """INSERT INTO api_keys (agency_id, sub_account_id, name, prefix, key_hash)
-           VALUES ($1, $2, $3, $4, $5)
-           RETURNING id, agency_id, sub_account_id, name, prefix, created_at, last_used_at,
-                     revoked_at""",
+           VALUES ($1, $2, $3, $4, $5) RETURNING """ + API_KEY_COLS,
         agency_id, sub_account_id, name, prefix, key_hash,
     )
     return dict(row)
@@ -76,26 +75,38 @@ async def find_api_key(conn: Conn, key_hash: bytes,
             "sub_account_id": row["sub_account_id"], "sub_account": sub_account}
 
 
-async def list_api_keys(conn: Conn, sub_account_id: UUID, cursor: Cursor | None,
-                        limit: int) -> list[Row]:
-    cond, args = keyset_clause(cursor, 2)
+async def list_api_keys(conn: Conn, agency_id: UUID, sub_account_id: UUID | None,
+                        cursor: Cursor | None, limit: int) -> list[Row]:
+    """The keys of one sub-account, or the agency's own keys when `sub_account_id` is None."""
+    cond, args = keyset_clause(cursor, 3)
     rows = await conn.fetch(
-        f"""SELECT id, agency_id, sub_account_id, name, prefix, created_at, last_used_at,
-                   revoked_at
-            FROM api_keys WHERE sub_account_id = $1 AND {cond}
+        f"""SELECT {API_KEY_COLS} FROM api_keys
+            WHERE agency_id = $1 AND sub_account_id IS NOT DISTINCT FROM $2 AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
-        sub_account_id, *args,
+        agency_id, sub_account_id, *args,
     )
     return [dict(r) for r in rows]
 
 
-async def revoke_api_key(conn: Conn, sub_account_id: UUID, key_id: UUID) -> Row | None:
+async def lock_live_agency_keys(conn: asyncpg.Connection, agency_id: UUID) -> list[UUID]:
+    """The agency's live agency keys, locked until the transaction ends, so that two
+    revocations racing each other see each other's outcome."""
+    rows = await conn.fetch(
+        """SELECT id FROM api_keys
+           WHERE agency_id = $1 AND sub_account_id IS NULL AND revoked_at IS NULL
+           ORDER BY id FOR UPDATE""",
+        agency_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def revoke_api_key(conn: Conn, agency_id: UUID, sub_account_id: UUID | None,
+                         key_id: UUID) -> Row | None:
     row = await conn.fetchrow(
-        """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-           WHERE id = $1 AND sub_account_id = $2
-           RETURNING id, agency_id, sub_account_id, name, prefix, created_at, last_used_at,
-                     revoked_at""",
-        key_id, sub_account_id,
+        f"""UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+            WHERE id = $1 AND agency_id = $2 AND sub_account_id IS NOT DISTINCT FROM $3
+            RETURNING {API_KEY_COLS}""",
+        key_id, agency_id, sub_account_id,
     )
     return dict(row) if row else None
 
