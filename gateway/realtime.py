@@ -36,6 +36,7 @@ from hub import events
 from hub.context import Hub
 from hub.errors import ValidationFailed
 from hub.tenancy import Principal, sub_account_for
+from hub.users import Role, may_see_event
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Grant:
     sub_account_id: UUID
     key_id: UUID | None = None
     login: bytes | None = None
+    role: Role | None = None  # a login's role in the sub-account; None for an API key
 
 
 async def redeem_ticket(hub: Hub, ticket: str | None) -> Grant | None:
@@ -171,7 +173,7 @@ async def realtime(websocket: WebSocket, ticket: str | None = None,
         if ticket is None and sub_account is not None:
             # The pages: the login session's cookie, only from the hub's own Origin.
             login = await sessions.websocket_grant(websocket, sub_account)
-            grant = Grant(login[0], login=login[1]) if login else None
+            grant = Grant(login[0], login=login[1], role=login[2]) if login else None
         else:
             grant = await redeem_ticket(feed.hub, ticket)
     except Exception:
@@ -450,7 +452,8 @@ class Session:
     def _deliver(self, event: LiveEvent, *, live: bool) -> _Out | None:
         assert self.cursor is not None
         self.cursor.advance(event.seq)
-        if not proto.topic_matches(self.topics, event.type, event.topic):
+        if not (proto.topic_matches(self.topics, event.type, event.topic)
+                and may_see_event(self.grant.role, event.type)):
             return None
         item = _Out(event.frame, is_event=True)
         if live:

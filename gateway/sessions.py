@@ -21,7 +21,7 @@ from config.settings import Settings
 from hub import users
 from hub.context import Hub
 from hub.errors import Forbidden, Unauthorized
-from hub.users import Session, UserPrincipal
+from hub.users import Role, Session, UserPrincipal
 
 COOKIE = "sb_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -88,10 +88,10 @@ def origin_allowed(settings: Settings, origin: str | None) -> bool:
 
 
 async def websocket_grant(websocket: WebSocket, sub_account: str | None
-                          ) -> tuple[UUID, bytes] | None:
+                          ) -> tuple[UUID, bytes, Role] | None:
     """The sub-account a cookie-authenticated WebSocket may follow, with the stored hash of
-    its login session: only from our own origin (a cross-site page cannot ride the cookie),
-    only a granted sub-account."""
+    its login session and the user's role there: only from our own origin (a cross-site
+    page cannot ride the cookie), only a granted sub-account."""
     hub: Hub = websocket.app.state.hub
     if not origin_allowed(hub.settings, websocket.headers.get("origin")):
         return None
@@ -103,4 +103,5 @@ async def websocket_grant(websocket: WebSocket, sub_account: str | None
         sa = UUID(sub_account)
     except ValueError:
         return None
-    return (sa, users.hash_token(token)) if session.role_in(sa) is not None else None
+    role = session.role_in(sa)
+    return (sa, users.hash_token(token), role) if role is not None else None

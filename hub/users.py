@@ -71,6 +71,19 @@ ROUTE_ROLES: list[tuple[str, frozenset[Role]]] = [
 SUB_ACCOUNT_PREFIX = "/v1/sub-accounts/{sa}"
 
 
+#: Events about an object are for those who may read the object over REST: a provider
+#: account's events are for admins (and API keys), in `GET /events` and on the feed alike.
+EVENT_OBJECT_ROUTES = {"provider_account": "/providers/{provider_id}"}
+
+
+def may_see_event(role: Role | None, event_type: str) -> bool:
+    """Whether a principal of `role` may see an event of `event_type`; None is an API key,
+    which reads every route of its sub-account."""
+    path = EVENT_OBJECT_ROUTES.get(event_type.partition(".")[0])
+    return role is None or path is None or \
+        role in roles_for_route("GET", SUB_ACCOUNT_PREFIX + path)
+
+
 def roles_for_route(method: str, template: str) -> frozenset[Role]:
     """The roles that may call this route with a session; empty: sessions may not."""
     if not template.startswith(SUB_ACCOUNT_PREFIX):

@@ -513,3 +513,53 @@ async def test_conversations_filter_by_assignee(hub: Hub, api: httpx.AsyncClient
     assert await listed(unassigned=False) == {mine, theirs}
     assert await listed() == {mine, theirs, nobodys}
     assert await listed(assignee="ann", unassigned=True) == set()
+
+
+# --- events follow the routes ------------------------------------------------------------
+
+
+async def test_events_about_provider_accounts_are_for_those_who_may_read_them(
+    settings: Settings, api: httpx.AsyncClient, people: People, tenant: Tenant,
+    gateway_url: str
+) -> None:
+    """`GET /providers` is for admins; its events were not: an agent read the provider
+    account's SID, base URL and config through `GET /events` and the feed."""
+    sa = tenant.sa1
+    p = await api.post(f"/v1/sub-accounts/{sa}/providers", headers=auth(tenant.sa1_key), json={
+        "provider": "twilio", "name": "main", "account_id": "AC" + "e" * 32,
+        "secret": "a-token", "base_url": "http://127.0.0.1:9"})
+    assert p.status_code == 201, p.text
+    c = await api.post(f"/v1/sub-accounts/{sa}/contacts", headers=auth(tenant.sa1_key),
+                       json={"phone": "+14155550123", "first_name": "Pat"})
+    assert c.status_code == 201, c.text
+
+    async def rest_types(headers: dict[str, str], http: httpx.AsyncClient) -> set[str]:
+        r = await http.get(f"/v1/sub-accounts/{sa}/events?limit=1000", headers=headers)
+        assert r.status_code == 200, r.text
+        return {e["event"] for e in r.json()["data"]}
+
+    assert {"provider_account.created", "contact.created"} <= \
+        await rest_types(auth(tenant.sa1_key), api)
+    assert {"provider_account.created", "contact.created"} <= \
+        await rest_types(people.admin.headers(), people.admin.http)
+    for b in (people.marketer, people.agent):
+        seen = await rest_types(b.headers(), b.http)
+        assert "contact.created" in seen and "provider_account.created" not in seen
+
+    async def feed_types(b: Browser) -> set[str]:
+        url = gateway_url.replace("http://", "ws://") + f"/v1/realtime?sub_account={sa}"
+        headers = {"Cookie": f"sb_session={b.http.cookies.get('sb_session')}",
+                   "Origin": settings.base_url}
+        seen: set[str] = set()
+        async with connect(url, additional_headers=headers, compression=None) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+            await ws.send(json.dumps({"type": "subscribe", "topics": ["*"], "since": 0}))
+            while "contact.created" not in seen:  # logged after the provider account's
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if frame["type"] == "event":
+                    seen.add(frame["event"])
+        return seen
+
+    assert "provider_account.created" in await feed_types(people.admin)
+    assert "provider_account.created" not in await feed_types(people.agent)
+    assert "provider_account.created" not in await feed_types(people.marketer)

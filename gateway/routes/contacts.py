@@ -170,5 +170,10 @@ async def update_contact(hub: HubDep, sub_account: SubAccountDep, contact_id: UU
 
 @router.delete("/contacts/{contact_id}", status_code=204)
 async def delete_contact(hub: HubDep, sub_account: SubAccountDep, contact_id: UUID) -> Response:
+    """Delete a contact and its conversations (the inbox's threads with it). Its messages
+    stay, without the contact, for campaign statistics and the receipts still to come; its
+    recipients still pending in campaigns are skipped (`contact_deleted`), and a message
+    already queued for it still goes. Suppressions are kept: they name the address, not
+    the contact, so a re-imported number stays opted out."""
     await actions.do_delete_contact(hub, sub_account["id"], contact_id)
     return Response(status_code=204)
