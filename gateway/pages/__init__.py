@@ -8,13 +8,13 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from gateway.pages import admin, auth, console, inbox
+from gateway.pages import admin, auth, console, contacts, inbox
 from gateway.pages.common import LoginRequired, PageDenied, error_page
 
 
 def install(app: FastAPI) -> None:
     """Register the pages and their two page-only answers (sign in; not yours)."""
-    for module in (auth, console, inbox, admin):
+    for module in (auth, contacts, console, inbox, admin):
         app.include_router(module.router, prefix="/app", include_in_schema=False)
 
     @app.exception_handler(LoginRequired)

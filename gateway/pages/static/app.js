@@ -349,3 +349,44 @@
     CampaignLive.start();
   });
 })();
+
+/* The contacts page's CSV import: the file goes to the REST API as multipart (session cookie
+   and CSRF token, as every change from the pages), then the page shows the job's progress. */
+(function () {
+  "use strict";
+
+  function problemWords(form, data, status) {
+    const errors = (data && data.errors) || [];
+    if (!errors.length) return (data && data.detail) || "The upload failed (HTTP " + status + ").";
+    return errors.map((e) => {
+      const input = form.querySelector('[name="' + CSS.escape(e.field) + '"]');
+      const label = input && input.id && form.querySelector('label[for="' + input.id + '"]');
+      return (label ? label.textContent.trim() : e.field) + ": " + e.message;
+    }).join("; ");
+  }
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target.closest("form[data-import-form]");
+    if (!form) return;
+    event.preventDefault();
+    const box = form.querySelector("[data-form-error]");
+    const button = form.querySelector('button[type="submit"]');
+    box.hidden = true;
+    button.disabled = true;
+    try {
+      const meta = document.querySelector('meta[name="csrf-token"]');
+      const response = await fetch(form.dataset.action, {
+        method: "POST", credentials: "same-origin", body: new FormData(form),
+        headers: { "X-CSRF-Token": meta ? meta.content : "", Accept: "application/json" },
+      });
+      let data = null;
+      try { data = await response.json(); } catch (e) { data = null; }
+      if (!response.ok) throw new Error(problemWords(form, data, response.status));
+      location.assign(form.dataset.redirect.replace("{id}", data.id));
+    } catch (error) {
+      box.textContent = error.message;
+      box.hidden = false;
+      button.disabled = false;
+    }
+  });
+})();
