@@ -27,6 +27,8 @@ Config (ProviderCredentials.config): host, port (587, or 465 with use_tls), star
 "auto"|"always"|"never", use_tls (implicit TLS), validate_certs (default true),
 helo_hostname, unsubscribe_mailto, allow_plaintext_auth. account_id/secret are the AUTH
 username/password (no AUTH when account_id is empty).
+
+`check_relay` opens one connection exactly as a send does and names the setting that failed.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ log = logging.getLogger(__name__)
 PROVIDER = "smtp"
 Phase = Literal["connect", "auth", "sender", "recipient", "data"]
 TlsMode = Literal["auto", "always", "never"]
+TlsUsed = Literal["implicit", "starttls", "none"]
 
 # Encode on creation with 78-column lines and 7-bit transfer encodings (no 8BITMIME needed);
 # write headers with the 998-octet RFC 5322 limit so a long List-Unsubscribe URL stays one
@@ -91,6 +94,7 @@ _WIRE_POLICY = _BUILD_POLICY.clone(max_line_length=998)
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _AUTH_PHASE_CONFIG_CODES = frozenset({530, 534, 535, 538})
 _PROCESS_KEY = os.urandom(32)  # keys the password fingerprint in pool keys
+TIMEOUT_S = 30.0  # each SMTP command's, and a whole relay check's
 
 
 class PlaintextAuthRefused(SMTPException):
@@ -317,29 +321,39 @@ class _Pool:
             await _quit(smtp)
 
     async def _open(self, creds: ProviderCredentials) -> SMTP:
-        r = self.relay
-        smtp = SMTP(
-            hostname=r.host, port=r.port, use_tls=r.use_tls,
-            start_tls=False if r.use_tls else {"auto": None, "always": True,
-                                               "never": False}[r.start_tls],
-            validate_certs=r.validate_certs, timeout=self._timeout,
-            local_hostname=r.helo_hostname,
-        )
+        return await _connect(self.relay, creds, self._timeout)
+
+
+async def _connect(r: Relay, creds: ProviderCredentials, timeout: float) -> SMTP:
+    """A connection ready for MAIL FROM: greeting, EHLO, STARTTLS as configured, and AUTH
+    when the account has a username. Raises _OpenFailed naming the phase."""
+    smtp = SMTP(
+        hostname=r.host, port=r.port, use_tls=r.use_tls,
+        start_tls=False if r.use_tls else {"auto": None, "always": True,
+                                           "never": False}[r.start_tls],
+        validate_certs=r.validate_certs, timeout=timeout, local_hostname=r.helo_hostname,
+    )
+    try:
+        await smtp.connect()
+    except Exception as exc:
+        raise _OpenFailed("connect", exc) from None
+    if creds.account_id:
         try:
-            await smtp.connect()
+            if not (_encrypted(smtp) or r.is_loopback or r.allow_plaintext_auth):
+                raise PlaintextAuthRefused(
+                    "refusing to send SMTP credentials over an unencrypted connection")
+            await smtp.login(creds.account_id, creds.secret)
         except Exception as exc:
-            raise _OpenFailed("connect", exc) from None
-        if creds.account_id:
-            encrypted = smtp.get_transport_info("sslcontext") is not None
-            try:
-                if not (encrypted or r.is_loopback or r.allow_plaintext_auth):
-                    raise PlaintextAuthRefused(
-                        "refusing to send SMTP credentials over an unencrypted connection")
-                await smtp.login(creds.account_id, creds.secret)
-            except Exception as exc:
-                smtp.close()
-                raise _OpenFailed("auth", exc) from None
-        return smtp
+            smtp.close()
+            raise _OpenFailed("auth", exc) from None
+        except asyncio.CancelledError:
+            smtp.close()
+            raise
+    return smtp
+
+
+def _encrypted(smtp: SMTP) -> bool:
+    return smtp.get_transport_info("sslcontext") is not None
 
 
 async def _quit(smtp: SMTP) -> None:
@@ -353,6 +367,89 @@ async def _quit(smtp: SMTP) -> None:
 
 def _fingerprint(secret: str) -> str:
     return hmac.new(_PROCESS_KEY, secret.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- checking a relay
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCheck:
+    """What a check found working: the relay, how the link was encrypted, and AUTH."""
+
+    host: str
+    port: int
+    tls: TlsUsed
+    authenticated: bool
+
+
+class RelayCheckFailed(Exception):
+    """The first step of a check that failed: the setting to look at, a stable code, and
+    what happened and what to do (with the password masked)."""
+
+    def __init__(self, field: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.code, self.message = field, code, message
+
+
+async def check_relay(creds: ProviderCredentials, timeout: float = TIMEOUT_S) -> RelayCheck:
+    """Connect, EHLO, STARTTLS and AUTH exactly as a send does, send nothing, QUIT.
+    Takes at most `timeout` in all; raises RelayCheckFailed."""
+    try:
+        relay = Relay.from_creds(creds)
+    except ValueError as exc:
+        raise RelayCheckFailed("config", "invalid", str(exc)) from None
+    try:
+        async with asyncio.timeout(timeout):
+            smtp = await _connect(relay, creds, timeout)
+    except _OpenFailed as failed:
+        field, code, message = _check_failure(relay, failed.phase, failed.cause)
+        if creds.secret:
+            message = message.replace(creds.secret, "***")
+        raise RelayCheckFailed(field, code, message) from None
+    except TimeoutError:
+        raise RelayCheckFailed("config.port", "timeout", (
+            f"{relay.host}:{relay.port} took more than {timeout:g} s to greet, set up TLS and "
+            "authenticate; check the host and port, and that this server may reach them"
+        )) from None
+    tls: TlsUsed = ("implicit" if relay.use_tls else "starttls") if _encrypted(smtp) else "none"
+    await _quit(smtp)
+    return RelayCheck(relay.host, relay.port, tls, bool(creds.account_id))
+
+
+def _check_failure(r: Relay, phase: Phase, exc: BaseException) -> tuple[str, str, str]:
+    """(setting, code, message) for a connection that could not be opened."""
+    what = _describe(exc)
+    if phase == "connect":
+        if _caused_by(exc, socket.gaierror):
+            return "config.host", "host_not_found", (
+                f"{r.host} does not resolve ({what}); check the host name")
+        if _caused_by(exc, ssl.SSLCertVerificationError):
+            return "config.validate_certs", "certificate_rejected", (
+                f"the relay's TLS certificate was rejected ({what}); the host must be a name "
+                "the certificate holds, and the certificate one this server trusts")
+        if isinstance(exc, SMTPResponseException):
+            return "config.host", "relay_refused", (
+                f"the relay refused the connection ({what}); try again later, or ask its "
+                "operator to allow this server")
+        if not isinstance(exc, OSError | TimeoutError | SMTPServerDisconnected):
+            return "config.start_tls", "tls_unavailable", (
+                f"{what}; the relay offers no STARTTLS here: set start_tls to auto or never, "
+                "or use_tls for implicit TLS (port 465)")
+        return "config.port", "unreachable", (
+            f"no SMTP relay answered at {r.host}:{r.port} ({what}); check the host and port, "
+            "and that this server may reach them")
+    if isinstance(exc, PlaintextAuthRefused):
+        return "config.allow_plaintext_auth", "plaintext_auth_refused", (
+            f"{exc}; use a relay with STARTTLS or implicit TLS, or set allow_plaintext_auth "
+            "if the network between is trusted")
+    if isinstance(exc, SMTPResponseException):
+        return "secret", "auth_failed", (
+            f"the relay refused the username or password ({what}); check both")
+    if not isinstance(exc, OSError | TimeoutError | SMTPServerDisconnected):
+        return "account_id", "auth_unavailable", (
+            f"{what}; the relay offers no AUTH: leave account_id and secret empty for a "
+            "relay that trusts this server, or enable TLS if it offers AUTH only over TLS")
+    return "config.port", "unreachable", f"the relay went away during AUTH ({what})"
 
 
 # ---------------------------------------------------------------- the adapter
@@ -379,7 +476,7 @@ class SmtpAdapter:
         self,
         *,
         pool_size: int = 4,
-        timeout: float = 30.0,
+        timeout: float = TIMEOUT_S,
         idle_timeout: float = 60.0,
         health_after: float = 10.0,
         throttle_backoff: float = 60.0,

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     HttpUrl,
     ValidationInfo,
+    computed_field,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -136,10 +137,13 @@ class ApiKeyCreated(ApiKeyOut):
 class ProviderAccountIn(Input):
     provider: Literal["twilio", "sendgrid", "smtp"]
     name: str = Field(min_length=1, max_length=200)
-    account_id: str = Field(min_length=1, max_length=200,
-                            description="Twilio Account SID, SMTP user or SendGrid key name")
-    secret: str = Field(min_length=1, max_length=4096, repr=False,
-                        description="auth token, API key or password; write-only")
+    account_id: str = Field("", max_length=200,
+                            description="Twilio Account SID, SMTP user or SendGrid key name; "
+                            "required, except for an SMTP relay without AUTH (then give "
+                            "neither this nor secret)")
+    secret: str = Field("", max_length=4096, repr=False,
+                        description="auth token, API key or password; write-only; required "
+                        "with account_id")
     base_url: HttpUrl | None = Field(None, description="regional edge or test server")
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="non-secret settings, e.g. SMTP host and port")
@@ -147,8 +151,9 @@ class ProviderAccountIn(Input):
 
 class ProviderAccountPatch(Input):
     name: str | None = Field(None, min_length=1, max_length=200)
-    account_id: str | None = Field(None, min_length=1, max_length=200)
-    secret: str | None = Field(None, min_length=1, max_length=4096, repr=False)
+    account_id: str | None = Field(None, max_length=200,
+                                   description="empty, with an empty secret: no SMTP AUTH")
+    secret: str | None = Field(None, max_length=4096, repr=False)
     base_url: HttpUrl | None = None
     config: dict[str, Any] | None = None
 
@@ -161,9 +166,24 @@ class ProviderAccountOut(Output):
     account_id: str
     base_url: str | None
     config: dict[str, Any]
-    secret_set: bool = True
     created_at: datetime
     updated_at: datetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def secret_set(self) -> bool:
+        """A secret goes with every account_id (hub.actions.check_credentials)."""
+        return bool(self.account_id)
+
+
+class ProviderTestOut(Output):
+    host: str
+    port: int
+    tls: Literal["implicit", "starttls", "none"] = Field(
+        description="how the connection was encrypted: TLS from the start (use_tls), "
+        "STARTTLS, or not at all")
+    authenticated: bool = Field(description="AUTH with account_id and secret succeeded; "
+                                "false for an account without credentials")
 
 
 class SenderIn(Input):

@@ -141,9 +141,23 @@ async def do_revoke_api_key(hub: Hub, principal: Principal, sub_account_id: UUID
 # --- provider accounts and senders ------------------------------------------------------
 
 
+def check_credentials(provider: str, account_id: str, secret: str) -> None:
+    """ValidationFailed naming the credential an account lacks: Twilio and SendGrid need
+    both; an SMTP relay takes both (AUTH) or neither (a relay that trusts its clients)."""
+    if provider == "smtp" and not account_id and not secret:
+        return
+    for field, value, other in (("account_id", account_id, "secret"),
+                                ("secret", secret, "account_id")):
+        if not value:
+            raise ValidationFailed.field(field, (
+                f"required with {other} (an SMTP relay without AUTH takes neither)"
+                if provider == "smtp" else f"required for a {provider} account"), "required")
+
+
 async def do_create_provider_account(hub: Hub, sub_account_id: UUID, fields: Row) -> Row:
     check_provider_config(fields.get("config"))
-    fields = dict(fields)
+    fields = {"account_id": "", "secret": "", **fields}
+    check_credentials(fields["provider"], fields["account_id"], fields["secret"])
     fields["secret_encrypted"] = hub.box.encrypt(fields.pop("secret"))
     async with hub.transaction() as tx:
         row = await tenants.insert_provider_account(tx.conn, sub_account_id, fields)
@@ -162,6 +176,10 @@ async def do_update_provider_account(hub: Hub, sub_account_id: UUID, id_: UUID,
         row = await tenants.update_provider_account(tx.conn, sub_account_id, id_, fields)
         if row is None:
             raise NotFound("no such provider account", code="provider_account_not_found")
+        if {"account_id", "secret_encrypted"} & fields.keys():
+            secret = await tenants.get_provider_secret(tx.conn, sub_account_id, id_)
+            check_credentials(row["provider"], row["account_id"],
+                              hub.box.decrypt(secret or b""))
         tx.emit(sub_account_id, "provider_account.updated", row)
     return row
 

@@ -5,7 +5,8 @@ it.
 Columns: phone, email, first_name, last_name, timezone, tags (separated by `;` or `|`;
 the columns themselves by commas, or by the semicolons or tabs some spreadsheets write);
 any other column becomes a custom field. Headers are matched case-insensitively and common
-spellings ("Phone Number", "E-mail", "First Name") are understood. A column with no name
+spellings ("Phone Number", "E-mail", "First Name") are understood; two columns of one
+field (`phone` and `Mobile`, `Plan` twice) refuse the file. A column with no name
 must be empty; a row with a value beyond the header's columns is reported, not imported.
 Every row ends created, updated, or in the error report with the reason.
 """
@@ -96,6 +97,17 @@ def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise ValidationFailed.field("file", "the file is empty; the first line must name the "
                                      "columns", "empty_file")
     columns = [HEADER_ALIASES.get(_header_key(h), "custom:" + h.strip()) for h in header]
+    first: dict[str, int] = {}
+    for i, column in enumerate(columns):
+        if not header[i].strip():
+            continue  # unnamed columns: see below
+        j = first.setdefault(column, i)
+        if j != i:  # one value would silently win over the other
+            raise ValidationFailed.field(
+                "file", f"columns {j + 1} (`{header[j].strip()}`) and {i + 1} "
+                f"(`{header[i].strip()}`) are both {column.removeprefix('custom:')}; keep "
+                "one of them",
+                "duplicate_column")
     known = {c for c in columns if not c.startswith("custom:")}
     if not {"phone", "email"} & known:
         raise ValidationFailed.field("file", "no phone or email column; name one `phone` or "

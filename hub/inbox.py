@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -246,9 +246,14 @@ class Inbox:
                              signature: str | None) -> int | None:
         """Verify and store one Twilio callback; its inbox id, or None for a duplicate.
         Raises Rejected (403) or InvalidCallback (400); neither writes anything. The form
-        is read and stored `_storable`; the signature is checked on the `pairs` as sent."""
-        form = _storable(dict(pairs))
+        is read and stored `_storable`; the signature is checked on the `pairs` as sent.
+        If that changed the form, the form as signed is kept too (URL-encoded, which holds
+        a NUL), so that a receipt that beat its message can still be checked later."""
+        raw = dict(pairs)
+        form = _storable(raw)
         payload = {"url": url, "form": form, "signature": signature}
+        if form != raw:
+            payload["signed"] = urlencode(pairs)
         if kind == "sms_inbound":
             event = await self._verify_inbound(form, url, pairs, signature, payload)
             accepted, id_ = await self._store(event)
@@ -468,6 +473,12 @@ async def _apply_statuses(hub: Hub, tx: Tx, rows: Sequence[Row]) -> list[Finishe
     return done
 
 
+def _signed_form(payload: Row) -> Sequence[tuple[str, str]] | Mapping[str, str]:
+    """The form of a stored Twilio callback as it was signed (see `receive_twilio`)."""
+    signed = payload.get("signed")
+    return parse_qsl(signed, keep_blank_values=True) if signed else payload["form"]
+
+
 def _judge(hub: Hub, row: Row, message: Row | None) -> Finished:
     """Whether a status callback applies to the message it names."""
     if message is None:
@@ -480,7 +491,8 @@ def _judge(hub: Hub, row: Row, message: Row | None) -> Finished:
         signed = message["provider"] == "twilio" and (
             not account_sid or message["account_id"] == account_sid
         ) and twilio_signature.valid(hub.box.decrypt(message["secret_encrypted"]),
-                                     payload["url"], payload["form"], payload["signature"])
+                                     payload["url"], _signed_form(payload),
+                                     payload["signature"])
         if not signed:
             return Finished(row["id"], "ignored",
                             "not signed by the account that sent this message")
