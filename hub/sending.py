@@ -99,25 +99,34 @@ async def _resolve_contact(hub: Hub, conn: Any, sa: Row, channel: str,
 
 
 async def _sender_and_suppression(conn: Any, sa: Row, channel: str, address: str,
-                                  ) -> tuple[list[Row], bool, int]:
+                                  contact_id: UUID) -> tuple[list[Row], bool, int, UUID | None]:
     """The sub-account's senders on this channel, whether the recipient is suppressed there,
-    and the sub-account's slot, in one round trip (at least one row: a sub-account without
-    senders gets nulls)."""
+    the sub-account's slot, and the sender of the latest message in the contact's thread
+    on this channel (the number they texted, or last heard from), in one round trip (at
+    least one row: a sub-account without senders gets nulls)."""
     rows = await conn.fetch(
-        """SELECT s.id, s.address, s.provider_account_id, s.kind, s.mps, x.suppressed, x.slot
+        """SELECT s.id, s.address, s.provider_account_id, s.kind, s.mps, x.suppressed, x.slot,
+                  x.thread_sender
            FROM (SELECT EXISTS (SELECT 1 FROM suppressions WHERE sub_account_id = $1
                      AND channel = $2 AND address = $3 AND removed_at IS NULL) AS suppressed,
-                 (SELECT slot FROM sub_accounts WHERE id = $1) AS slot) x
+                 (SELECT slot FROM sub_accounts WHERE id = $1) AS slot,
+                 (SELECT m.sender_id FROM conversations c
+                  JOIN messages m ON m.conversation_id = c.id
+                  WHERE c.sub_account_id = $1 AND c.contact_id = $4 AND c.channel = $2
+                    AND m.sender_id IS NOT NULL
+                  ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS thread_sender) x
            LEFT JOIN senders s ON s.sub_account_id = $1 AND s.channel = $2
            ORDER BY s.id""",
         sa["id"], SENDER_CHANNEL[channel],
-        email_key(address) if channel == "email" else address)
+        email_key(address) if channel == "email" else address, contact_id)
     return ([dict(r) for r in rows if r["id"] is not None], rows[0]["suppressed"],
-            rows[0]["slot"])
+            rows[0]["slot"], rows[0]["thread_sender"])
 
 
 def _pick_sender(senders: list[Row], channel: str, sender_id: UUID | None,
-                 contact_id: UUID) -> Row:
+                 contact_id: UUID, thread_sender: UUID | None) -> Row:
+    """The sender asked for; else the one the contact's thread is with, so that a reply
+    comes from the number they texted; else the contact's sticky choice."""
     if sender_id is not None:
         for r in senders:
             if r["id"] == sender_id:
@@ -128,6 +137,9 @@ def _pick_sender(senders: list[Row], channel: str, sender_id: UUID | None,
         raise ValidationFailed.field("channel", f"this sub-account has no "
                                      f"{SENDER_CHANNEL[channel]} sender; add one under "
                                      "/senders", "no_sender")
+    for r in senders:
+        if r["id"] == thread_sender:
+            return r
     chosen = choose_sender(str(contact_id), [str(r["id"]) for r in senders])
     return next(r for r in senders if str(r["id"]) == chosen)
 
@@ -186,14 +198,16 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
         conn = tx.conn
         contact, address = await _resolve_contact(hub, conn, sa, channel,
                                                   req.get("contact_id"), req.get("to"))
-        senders, suppressed, slot = await _sender_and_suppression(conn, sa, channel, address)
+        senders, suppressed, slot, thread_sender = await _sender_and_suppression(
+            conn, sa, channel, address, contact["id"])
         if suppressed and not compliance:
             raise Conflict(
                 f"{'this address' if channel == 'email' else 'this number'} opted out or is "
                 "suppressed; nothing was sent. Remove the suppression only with the "
                 "contact's consent.", code="recipient_suppressed",
                 errors=[FieldError("to", "suppressed", "recipient_suppressed")])
-        sender = _pick_sender(senders, channel, req.get("sender_id"), contact["id"])
+        sender = _pick_sender(senders, channel, req.get("sender_id"), contact["id"],
+                              thread_sender)
         row = await conn.fetchrow(
             _PERSIST, sa["id"], contact["id"], channel, priority, sender["id"],
             sender["provider_account_id"], sender["address"], address, req.get("subject"),

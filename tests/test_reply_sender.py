@@ -1,0 +1,71 @@
+"""An agent's reply leaves from the number the contact texted: with several numbers in a
+sub-account, replies went from whichever number the contact's hash chose (found by a user
+review: four contacts texted one number and were answered from two others)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from config.settings import Settings
+from tests.conftest import Tenant, auth
+from tests.test_sending import carrier, carrier_log, wait_for
+from tests.test_webhooks import INBOUND, add_provider, add_sender
+
+__all__ = ["carrier", "carrier_log"]
+
+NUMBERS = ("+12125550171", "+12125550172", "+12125550173")
+
+
+async def test_a_reply_comes_from_the_number_the_contact_texted(
+    api: httpx.AsyncClient, tenant: Tenant, settings: Settings, carrier: Any,
+    carrier_log: httpx.AsyncClient
+) -> None:
+    sa, key = tenant.sa1, tenant.sa1_key
+    state = carrier.carrier.state
+    providers: dict[str, str] = {}
+    for number in NUMBERS:
+        sid = state.owner_of(number)
+        if sid not in providers:
+            providers[sid] = await add_provider(api, tenant, sa, key, account_id=sid,
+                                                secret=state.token_for(sid),
+                                                base_url=carrier.url)
+        await add_sender(api, sa, key, providers[sid], address=number)
+    await carrier_log.post("/sandbox/config", json={
+        "inbound_url": f"{settings.base_url}{INBOUND}"})
+    try:
+        texted = {}
+        for i in range(6):  # a hash would pick the texted number for all six 1 in 729 times
+            phone, number = f"+1415555{i:04d}", NUMBERS[i % len(NUMBERS)]
+            r = await carrier_log.post("/sandbox/inbound", json={
+                "from": phone, "to": number, "body": f"question {i}"})
+            assert r.json()["status"] == 200, r.text
+            texted[phone] = number
+    finally:
+        await carrier_log.post("/sandbox/config", json={"inbound_url": None})
+
+    async def six_threads() -> list[dict[str, Any]] | None:
+        convs: list[dict[str, Any]] = (await api.get(
+            f"/v1/sub-accounts/{sa}/conversations", headers=auth(key),
+            params={"limit": 50})).json()["data"]
+        return convs if len(convs) == 6 else None
+
+    convs = await wait_for(six_threads, timeout=30)
+    assert convs is not None
+    for conv in convs:
+        contact = (await api.get(f"/v1/sub-accounts/{sa}/contacts/{conv['contact_id']}",
+                                 headers=auth(key))).json()
+        r = await api.post(f"/v1/sub-accounts/{sa}/conversations/{conv['id']}/messages",
+                           headers={**auth(key), "Idempotency-Key": f"reply-{conv['id']}"},
+                           json={"body": "Thanks, we will call you back."})
+        assert r.status_code == 202, r.text
+        reply = r.json()
+        assert reply["to_address"] == contact["phone"]
+        assert reply["from_address"] == texted[contact["phone"]], reply
+    # A one-off send to a contact with no thread still picks a number (its sticky choice).
+    r = await api.post(f"/v1/sub-accounts/{sa}/messages",
+                       headers={**auth(key), "Idempotency-Key": "new-contact"},
+                       json={"channel": "sms", "to": "+14155559999", "body": "Hello"})
+    assert r.status_code == 202, r.text
+    assert r.json()["from_address"] in NUMBERS
