@@ -229,12 +229,38 @@ async def do_create_sender(hub: Hub, sub_account: Row, fields: Row) -> Row:
     if fields.get("mps") is None:
         fields["mps"] = DEFAULT_MPS[kind]
     async with hub.transaction() as tx:
+        if channel != "email" and provider is not None:
+            await _claim_number(hub, tx.conn, sa_id, address, provider)
         row = await tenants.insert_sender(tx.conn, sa_id, fields)
         if row is None:
             raise Conflict(f"{address} is already a {channel} sender of this sub-account",
                            code="sender_exists")
         tx.emit(sa_id, "sender.created", row)
     return row
+
+
+async def _claim_number(hub: Hub, conn: Any, sa_id: UUID, address: str,
+                        provider: Row) -> None:
+    """A provider's number (or messaging service) belongs to one sub-account: its inbound
+    texts and STOPs are routed to one, so a second sub-account sending from the same
+    number of the same provider account would text people who opted out in the first.
+    Refused when another sub-account has this number under the same account with the same
+    credentials. The same number under other credentials is left alone: only the owner's
+    token verifies its callbacks, so a sub-account naming someone else's number gets
+    nothing, and must not be able to lock its owner out. Concurrent creates of one
+    address are serialized by a transaction lock on it."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", address)
+    secret = await tenants.get_provider_secret(conn, sa_id, provider["id"])
+    for other in await tenants.number_holders(conn, address, sa_id, provider["provider"],
+                                              provider["account_id"]):
+        if secret is not None and hub.box.decrypt(other["secret_encrypted"]) == \
+                hub.box.decrypt(secret):
+            raise Conflict(
+                f"{address} is already a sender of another sub-account on the same "
+                f"{provider['provider']} account; its replies and opt-outs go there. Remove "
+                "it there first, or use another number.", code="sender_taken",
+                errors=[FieldError("address", "used by another sub-account",
+                                   "sender_taken")])
 
 
 async def do_delete_sender(hub: Hub, sub_account_id: UUID, id_: UUID) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from config.settings import Settings
-from tests.conftest import Tenant, auth
+from tests.conftest import Tenant, assert_problem, auth
 from tests.test_sending import carrier, carrier_log, wait_for
 from tests.test_webhooks import INBOUND, add_provider, add_sender
 
@@ -69,3 +69,29 @@ async def test_a_reply_comes_from_the_number_the_contact_texted(
                        json={"channel": "sms", "to": "+14155559999", "body": "Hello"})
     assert r.status_code == 202, r.text
     assert r.json()["from_address"] in NUMBERS
+
+
+async def test_a_number_of_one_provider_account_belongs_to_one_sub_account(
+    api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """The same Twilio account and number in two sub-accounts: texts and STOPs went to the
+    older one, and the newer kept texting people who had opted out (found by review R4)."""
+    account = {"account_id": "AC" + "4" * 32, "secret": "same-token"}
+    pa1 = await add_provider(api, tenant, tenant.sa1, tenant.sa1_key, **account)
+    pa2 = await add_provider(api, tenant, tenant.sa2, tenant.sa2_key, **account)
+    await add_sender(api, tenant.sa1, tenant.sa1_key, pa1, address="+12125550181")
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa2}/senders", headers=auth(tenant.sa2_key),
+                       json={"provider_account_id": pa2, "channel": "sms",
+                             "kind": "long_code", "address": "(212) 555-0181"})
+    assert_problem(r, 409, "sender_taken", field="address")
+    assert "another sub-account" in r.json()["detail"]
+    # The same sub-account may call and text from it; another number is fine elsewhere.
+    await add_sender(api, tenant.sa1, tenant.sa1_key, pa1, address="+12125550181",
+                     channel="voice", kind="caller_id")
+    await add_sender(api, tenant.sa2, tenant.sa2_key, pa2, address="+12125550182")
+    # Someone naming this account and number with another token cannot lock its owner out
+    # (only the owner's token verifies the number's callbacks: tests/test_webhooks.py).
+    squatter = await add_provider(api, tenant, tenant.sa2, tenant.sa2_key,
+                                  account_id=account["account_id"], secret="guessed")
+    await add_sender(api, tenant.sa2, tenant.sa2_key, squatter, address="+12125550183")
+    await add_sender(api, tenant.sa1, tenant.sa1_key, pa1, address="+12125550183")

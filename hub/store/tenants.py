@@ -206,6 +206,20 @@ async def insert_sender(conn: Conn, sub_account_id: UUID, fields: Row) -> Row | 
     return dict(row) if row else None
 
 
+async def number_holders(conn: Conn, address: str, other_than: UUID, provider: str,
+                         account_id: str) -> list[Row]:
+    """The provider accounts of sub-accounts other than `other_than` that send SMS or
+    voice from `address` under this provider's `account_id`, with their encrypted
+    secrets."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT p.id, p.secret_encrypted FROM senders s
+           JOIN provider_accounts p ON p.id = s.provider_account_id
+           WHERE s.channel IN ('sms', 'voice') AND s.address = $1
+             AND s.sub_account_id <> $2 AND p.provider = $3 AND p.account_id = $4""",
+        address, other_than, provider, account_id)
+    return [dict(r) for r in rows]
+
+
 async def get_sender(conn: Conn, sub_account_id: UUID, id_: UUID) -> Row | None:
     row = await conn.fetchrow(
         f"SELECT {SENDER_COLS} FROM senders WHERE id = $1 AND sub_account_id = $2",
