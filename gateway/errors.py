@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +19,14 @@ from gateway.pages.common import error_page
 from hub.errors import HubError
 
 log = logging.getLogger(__name__)
+
+#: What PostgreSQL or Redis raise when they cannot be reached or are going away (stopped,
+#: restarting, out of connections, a pool's wait timed out): the request may be retried.
+UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+               asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+               asyncpg.TooManyConnectionsError, asyncpg.ConnectionDoesNotExistError,
+               redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+RETRY_AFTER_S = 5
 PROBLEM = "application/problem+json"
 
 _HTTP_CODES = {
@@ -103,6 +113,13 @@ def problem_for(exc: Exception, path: str) -> JSONResponse:
             errors = [{"field": "body", "message": str(exc.detail), "code": "too_large"}]
         return problem(exc.status_code, code, title, str(exc.detail), path,
                        errors, headers=getattr(exc, "headers", None))
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("a backing service is unavailable: %s", type(exc).__name__,
+                    extra={"path": path})
+        return problem(503, "unavailable", "Service unavailable",
+                       "the hub cannot reach its database or Redis right now; nothing was "
+                       f"done. Retry in {RETRY_AFTER_S} s (the same Idempotency-Key is "
+                       "safe to reuse)", path, headers={"Retry-After": str(RETRY_AFTER_S)})
     log.error("unhandled error", exc_info=exc, extra={"path": path})
     return problem(500, "internal", "Internal error",
                    "something went wrong on our side; retry, and if it persists report "
@@ -155,6 +172,10 @@ def _page(request: Request, exc: Exception, problem_doc: JSONResponse) -> Respon
         return error_page(request, status, *_PAGE_WORDS[exc.status_code], headers)
     if isinstance(exc, StarletteHTTPException):
         return error_page(request, status, "Something went wrong", str(exc.detail), headers)
+    if status == 503:
+        return error_page(request, status, "Back in a moment",
+                          "The hub cannot reach its database right now. Try again in a few "
+                          "seconds; nothing you sent was lost or half done.", headers)
     return error_page(request, status, "Something went wrong",
                       "Something went wrong on our side. Try again in a moment; if it keeps "
                       "happening, tell your admin the time and this page's address.", headers)
@@ -180,6 +201,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return answer(request, exc, problem_for(exc, request.url.path))
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return answer(request, exc, problem_for(exc, request.url.path))
+
+    # Handled where HubError is (not by the server-error handler below, which answers and
+    # then lets the server log the exception and drop the connection): an outage of
+    # PostgreSQL or Redis is expected, and the client's keep-alive connection survives it.
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
