@@ -9,13 +9,13 @@ from uuid import UUID
 
 import asyncpg
 
-from hub.compliance import check_provider_config
 from hub.contacts import clean_contact
 from hub.context import Hub
 from hub.crypto import new_api_key
 from hub.emails import email_key, normalize_email
 from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
 from hub.phones import normalize_phone, normalize_short_code
+from hub.provider_settings import check_provider_settings
 from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
 from hub.store import suppressions as suppression_store
@@ -155,7 +155,7 @@ def check_credentials(provider: str, account_id: str, secret: str) -> None:
 
 
 async def do_create_provider_account(hub: Hub, sub_account_id: UUID, fields: Row) -> Row:
-    check_provider_config(fields.get("config"))
+    check_provider_settings(fields["provider"], fields.get("config"))
     fields = {"account_id": "", "secret": "", **fields}
     check_credentials(fields["provider"], fields["account_id"], fields["secret"])
     fields["secret_encrypted"] = hub.box.encrypt(fields.pop("secret"))
@@ -167,7 +167,6 @@ async def do_create_provider_account(hub: Hub, sub_account_id: UUID, fields: Row
 
 async def do_update_provider_account(hub: Hub, sub_account_id: UUID, id_: UUID,
                                      fields: Row) -> Row:
-    check_provider_config(fields.get("config"))
     fields = dict(fields)
     if fields.get("secret") is not None:
         fields["secret_encrypted"] = hub.box.encrypt(fields.pop("secret"))
@@ -176,6 +175,8 @@ async def do_update_provider_account(hub: Hub, sub_account_id: UUID, id_: UUID,
         row = await tenants.update_provider_account(tx.conn, sub_account_id, id_, fields)
         if row is None:
             raise NotFound("no such provider account", code="provider_account_not_found")
+        if "config" in fields:  # judged against the account's provider; a bad one undoes
+            check_provider_settings(row["provider"], row["config"])
         if {"account_id", "secret_encrypted"} & fields.keys():
             secret = await tenants.get_provider_secret(tx.conn, sub_account_id, id_)
             check_credentials(row["provider"], row["account_id"],

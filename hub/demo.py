@@ -213,7 +213,7 @@ async def run_demo(settings: Settings, services: Services, console: Console,
     from channels.sandbox_config import CarrierConfig, Latency
     from gateway.app import SERVER_OPTIONS, create_app
     from hub.cli import write_demo_file
-    from hub.webhook_actions import PUBLIC_KEY
+    from hub.provider_settings import PUBLIC_KEY
 
     data_dir = settings.data_dir.resolve()
     url = f"http://{settings.host}:{settings.port}"

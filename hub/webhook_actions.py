@@ -30,6 +30,7 @@ from hub.compliance_actions import (
 from hub.context import Hub, Tx
 from hub.errors import HubError, ValidationFailed
 from hub.phones import normalize_phone
+from hub.provider_settings import PUBLIC_KEY
 from hub.segments import count_segments
 from hub.status import ACCEPTED, Status, can_transition, rank
 from hub.store import contacts as contact_store
@@ -248,7 +249,6 @@ async def _contact(tx: Any, sa_id: UUID, phone: str) -> Row:
 
 # --- inbox rows of the other kinds (hub/inbox.py applies status callbacks in batches) ------
 
-PUBLIC_KEY = "event_webhook_public_key"  # provider_accounts.config key for SendGrid
 
 
 def as_uuid(value: str | None) -> UUID | None:
