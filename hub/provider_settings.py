@@ -68,7 +68,8 @@ def check_provider_settings(provider: str, config: Mapping[str, Any] | None) -> 
         check = known.get(key)
         if check is None:
             raise ValidationFailed.field(
-                f"config.{key}", f"not a setting of {_A.get(provider, provider)} account; it takes "
+                f"config.{key}", f"not a setting of {_A.get(provider, provider)} account; "
+                f"it takes "
                 f"{', '.join(sorted(known)) or 'none'}", "unknown_setting")
         if (problem := check(value)) is not None:
             raise ValidationFailed.field(f"config.{key}", problem, "invalid")
