@@ -41,6 +41,9 @@ SUB_ACCOUNTS = [
     {"name": "Bondi Fitness (Sydney)", "default_region": "AU", "timezone": "Australia/Sydney",
      "help_text": "Bondi Fitness: reply STOP to opt out. Help: hello@bondi.example"},
 ]
+DEMO_NAMES = {spec["name"] for spec in SUB_ACCOUNTS}
+#: The provider accounts the demo seeds: pointed at this run's carrier on every run.
+DEMO_PROVIDERS = ("Sandbox Twilio", "Sandbox SendGrid")
 FIRST = ["Ava", "Noah", "Mia", "Liam", "Zoe", "Omar", "Ines", "Kenji", "Priya", "Lucas"]
 LAST = ["Smith", "Garcia", "Chen", "Okafor", "Muller", "Rossi", "Tanaka", "Singh", "Silva"]
 #: US area codes across the country's zones: New York, Chicago, Denver, Los Angeles,
@@ -163,8 +166,10 @@ class DemoClient:
         return r.json()
 
     async def sub_accounts(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = (await self.get("/v1/sub-accounts"))["data"]
-        return sorted(result, key=lambda s: s["name"])
+        """The demo's own sub-accounts: ones a user added to the agency are left alone."""
+        result: list[dict[str, Any]] = (await self.get("/v1/sub-accounts",
+                                                       limit=100))["data"]
+        return sorted((s for s in result if s["name"] in DEMO_NAMES), key=lambda s: s["name"])
 
     async def launch(self, sa: str, channel: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -231,19 +236,29 @@ async def run_demo(settings: Settings, services: Services, console: Console,
         else:
             key = info["agency_api_key"]
         # The carrier may have moved to another port since the last run, and it signs
-        # SendGrid event batches with a key of its own run.
-        await hub.pool.execute("UPDATE provider_accounts SET base_url = $1", carrier.url)
+        # SendGrid event batches with a key of its own run. Only the demo's own accounts
+        # are touched: ones a user added in this folder keep their settings.
+        ours = await hub.pool.fetch(
+            """SELECT p.id, p.provider FROM provider_accounts p
+               JOIN sub_accounts s ON s.id = p.sub_account_id
+               JOIN api_keys k ON k.agency_id = s.agency_id AND k.key_hash = $1
+               WHERE s.name = ANY($2::text[]) AND p.name = ANY($3::text[])
+               ORDER BY p.created_at""",
+            hash_api_key(key), sorted(DEMO_NAMES), list(DEMO_PROVIDERS))
+        twilio = [r["id"] for r in ours if r["provider"] == "twilio"]
+        sendgrid = [r["id"] for r in ours if r["provider"] == "sendgrid"]
+        await hub.pool.execute("UPDATE provider_accounts SET base_url = $1 "
+                               "WHERE id = ANY($2::uuid[])", carrier.url, twilio + sendgrid)
         await hub.pool.execute(  # a demo seeded before keyword replies were configurable
             "UPDATE provider_accounts SET config = config || $1::jsonb "
-            "WHERE provider = 'twilio'", TWILIO_CONFIG)
+            "WHERE id = ANY($2::uuid[])", TWILIO_CONFIG, twilio)
         await hub.pool.execute(
             """UPDATE provider_accounts SET config = config || jsonb_build_object($1::text,
-                   $2::text) WHERE provider = 'sendgrid'""", PUBLIC_KEY,
-            carrier.carrier.sendgrid_public_key)
+                   $2::text) WHERE id = ANY($3::uuid[])""", PUBLIC_KEY,
+            carrier.carrier.sendgrid_public_key, sendgrid)
         # One event webhook for the carrier, as for one SendGrid account: the hub accepts
         # a batch for the other sub-account's messages because the key is the same.
-        account = await hub.pool.fetchval(
-            "SELECT id FROM provider_accounts WHERE provider = 'sendgrid' ORDER BY created_at")
+        account = sendgrid[0]
     finally:
         await hub.close()
     async with httpx.AsyncClient(base_url=carrier.url) as c:
