@@ -82,7 +82,9 @@ async def _run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
-    parent = os.getppid()
+    # The gateway that started this process (a parent gone before this line ran leaves
+    # init as the parent, which would never change).
+    parent = int(os.environ.get("HUB_PARENT_PID") or os.getppid())
     try:
         # Orphaned (the gateway was killed): stop, so that another replica's applier leads.
         while not task.done() and os.getppid() == parent:

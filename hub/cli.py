@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 from uuid import UUID
@@ -88,7 +87,8 @@ async def _applier(services: Services, metrics_dir: Path) -> None:
     Prometheus's multiprocess files in `metrics_dir`, which the gateway's `/metrics` serves;
     a restarted applier's counters add to its predecessors'."""
     env = {**os.environ, "DATABASE_URL": services.database_url,
-           "REDIS_URL": services.redis_url, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+           "REDIS_URL": services.redis_url, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           "HUB_PARENT_PID": str(os.getpid())}
     while True:
         # Its own session: Ctrl-C reaches the gateway, which then stops it.
         proc = await asyncio.create_subprocess_exec(
@@ -104,11 +104,10 @@ async def _applier(services: Services, metrics_dir: Path) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _serve(settings: Settings, services: Services,
+async def _serve(settings: Settings, services: Services, metrics_dir: Path,
                  on_started: object = None) -> None:
     from gateway.app import SERVER_OPTIONS, create_app
 
-    metrics_dir = Path(tempfile.mkdtemp(prefix="hub-applier-metrics-"))
     application = create_app(settings, services.database_url, services.redis_url,
                              apply_webhooks=False, applier_metrics=metrics_dir)
     config = uvicorn.Config(application, host=settings.host, port=settings.port,
@@ -128,23 +127,36 @@ async def _serve(settings: Settings, services: Services,
     finally:
         applier.cancel()
         await asyncio.gather(applier, return_exceptions=True)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a supervisor's stop) ends the hub as Ctrl-C does, through its clean-up.
+    Left at the default, it killed the process where uvicorn re-raises it after its own
+    shutdown, before the embedded servers and the applier were stopped."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @app.command()
 def serve() -> None:
     """Run the gateway (REST, webhooks, realtime) on HUB_HOST:HUB_PORT, and the webhook
     applier beside it."""
+    _stop_on_sigterm()
     settings = _settings()
     if not _port_free(settings.host, settings.port):
         console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; set "
                       "HUB_PORT to a free port")
         raise typer.Exit(1)
     services = _services(settings)
-    try:
-        uvloop.run(_serve(settings, services))  # uvicorn's own loop choice is skipped here
+    # The applier's metrics: in the data folder, one folder per port (replicas may share a
+    # folder); one a killed hub left behind is cleared by the next start on its port.
+    metrics_dir = settings.data_dir / "run" / f"applier-metrics-{settings.port}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    try:  # uvicorn's own loop choice is skipped here
+        uvloop.run(_serve(settings, services, metrics_dir))
     finally:
         services.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # here: an interrupt cancels twice
 
 
 @app.command()
@@ -155,6 +167,7 @@ def demo(
     """Start everything on the embedded defaults, seed a demo agency, and serve."""
     from hub.demo import run_demo
 
+    _stop_on_sigterm()
     settings = _settings()
     if not _port_free(settings.host, settings.port):
         console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; stop "

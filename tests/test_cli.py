@@ -90,9 +90,13 @@ def test_admin_create_agency_prints_a_working_key(data_dir: Path) -> None:
             r = client.post("/v1/sub-accounts", json={"name": "Downtown"},
                             headers={"Authorization": f"Bearer {created['api_key']}"})
             assert r.status_code == 201, r.text
+        # The applier's metrics live in the data folder, one folder per port, gone on exit.
+        metrics = data_dir / "run" / f"applier-metrics-{port}"
+        assert metrics.is_dir()
     finally:
         server.terminate()
         server.wait(30)
+    assert not metrics.exists()
 
 
 def test_migrate_is_idempotent(data_dir: Path) -> None:
