@@ -160,6 +160,7 @@ class _Plan:
                 "sub_account_id": c["sub_account_id"], "contact_id": r["contact_id"],
                 "conv_channel": self.conv_channel, "channel": c["channel"],
                 "sender_id": sender["id"], "provider_account_id": sender["provider_account_id"],
+                "provider": sender["provider"],
                 "from_address": sender["address"], "to_address": to, "subject": subject,
                 "html": html, "body": body, "voice": voice, "segments": seg.segments if seg else 1,
                 "encoding": seg.encoding if seg else None, "slot": c["slot"]}
@@ -277,7 +278,9 @@ class SchedulerCore:
         if not stale:
             return
         rows = await self.pool.fetch(
-            "SELECT id, provider_account_id, address, mps FROM senders WHERE id = ANY($1::uuid[])",
+            """SELECT s.id, s.provider_account_id, p.provider, s.address, s.mps
+               FROM senders s JOIN provider_accounts p ON p.id = s.provider_account_id
+               WHERE s.id = ANY($1::uuid[])""",
             list({s for c in stale for s in c["sender_ids"]}))
         by_id = {r["id"]: dict(r) for r in rows}
         for c in stale:

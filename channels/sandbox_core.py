@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -106,8 +107,12 @@ class CarrierState:
     def chance(self, rate: float) -> bool:
         return rate > 0.0 and self.rng.random() < rate
 
-    def sid(self, prefix: str) -> str:
-        return f"{prefix}{self.rng.getrandbits(128):032x}"
+    @staticmethod
+    def sid(prefix: str) -> str:
+        """A new SID. Ids are not drawn from the seeded RNG, which decides outcomes only: a
+        carrier restarted with the same seed must not hand out a SID again (Twilio never
+        does, and the hub's unique (provider, SID, recipient) index counts on it)."""
+        return prefix + secrets.token_hex(16)
 
     def quirks(self, items: list[tuple[float, T]]) -> list[tuple[float, T]]:
         """One message's callbacks, (time, payload) in time order, after the out-of-order

@@ -287,7 +287,7 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
         """INSERT INTO messages (id, sub_account_id, conversation_id, contact_id, campaign_id,
                direction, channel, priority, sender_id, provider_account_id, from_address,
                to_address, subject, html, body, media_urls, voice, status, segments, encoding,
-               slot, lease_owner, lease_expires_at)
+               slot, lease_owner, lease_expires_at, provider)
            SELECT u.id, u.sub_account_id,
                   (SELECT conv.id FROM conversations conv
                    WHERE conv.sub_account_id = u.sub_account_id
@@ -297,19 +297,20 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
                   u.body,
                   (SELECT cp.media_urls FROM campaigns cp WHERE cp.id = u.campaign_id),
                   u.voice, 'queued', u.segments, u.encoding, u.slot, u.lease_owner,
-                  CASE WHEN u.lease_owner IS NOT NULL THEN now() + make_interval(secs => $19) END
+                  CASE WHEN u.lease_owner IS NOT NULL THEN now() + make_interval(secs => $19) END,
+                  u.provider
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
                        $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[],
                        $12::text[], $13::jsonb[], $14::int[], $15::text[], $16::int[],
-                       $17::text[], $18::text[])
+                       $17::text[], $18::text[], $20::text[])
                 AS u(id, campaign_id, sub_account_id, conv_channel, contact_id, channel,
                      sender_id, provider_account_id, from_address, to_address, subject, body,
-                     voice, segments, encoding, slot, lease_owner, html)
+                     voice, segments, encoding, slot, lease_owner, html, provider)
            ON CONFLICT DO NOTHING RETURNING id, lease_owner, lease_expires_at""",
         *(col[k] for k in ("id", "campaign_id", "sub_account_id", "conv_channel", "contact_id",
                            "channel", "sender_id", "provider_account_id", "from_address",
                            "to_address", "subject", "body", "voice", "segments", "encoding",
-                           "slot", "lease_owner", "html")), lease_s)
+                           "slot", "lease_owner", "html")), lease_s, col["provider"])
     await conn.execute(
         """UPDATE campaign_recipients r SET status = 'queued', message_id = u.id
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(campaign_id, contact_id, id)

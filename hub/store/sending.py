@@ -9,6 +9,7 @@ longer `queued` and drops it."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,8 @@ import asyncpg
 
 from hub import events
 from hub.status import sql_rank_case
+
+log = logging.getLogger(__name__)
 
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
@@ -164,12 +167,21 @@ _RESOLVABLE = "(m.lease_owner = $1 OR $1::text IS NULL AND m.status = 'sending')
 async def record_accepted(conn: Conn, owner: str | None,
                           rows: list[tuple[UUID, str, str]]) -> None:
     """(message id, provider message id, status): the provider took them. Each message's
-    history gets the status it now has (a receipt may have overtaken the answer)."""
+    history gets the status it now has (a receipt may have overtaken the answer).
+
+    A provider id that another message already holds for the same recipient would break the
+    unique (provider, provider_message_id, recipient) index and with it the whole batch,
+    left `sending`. A real provider never repeats an id (a sandbox carrier restarted on old
+    data did): that message is recorded as accepted without the id, and a warning names it."""
     if not rows:
         return
-    await conn.execute(
+    clashed = await conn.fetch(
         f"""WITH taken AS (
-               UPDATE messages m SET provider_message_id = u.pid,
+               UPDATE messages m SET provider_message_id = CASE WHEN EXISTS (
+                          SELECT 1 FROM messages o
+                          WHERE o.provider = m.provider AND o.provider_message_id = u.pid
+                            AND lower(o.to_address) = lower(m.to_address) AND o.id <> m.id)
+                          THEN NULL ELSE u.pid END,
                       status = CASE WHEN {sql_rank_case('u.st')} > {sql_rank_case('m.status')}
                                     THEN u.st ELSE m.status END,
                       sent_at = coalesce(m.sent_at, now()), in_doubt = false,
@@ -177,11 +189,17 @@ async def record_accepted(conn: Conn, owner: str | None,
                       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
                WHERE m.id = u.id AND {_RESOLVABLE}
-               RETURNING m.id, m.sub_account_id, m.status)
-           INSERT INTO message_events (message_id, sub_account_id, status)
-           SELECT id, sub_account_id, status FROM taken""",
+               RETURNING m.id, m.sub_account_id, m.status,
+                         m.provider_message_id IS DISTINCT FROM u.pid AS clashed),
+           history AS (
+               INSERT INTO message_events (message_id, sub_account_id, status)
+               SELECT id, sub_account_id, status FROM taken)
+           SELECT id FROM taken WHERE clashed""",
         owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
     )
+    for r in clashed:
+        log.warning("provider id already held by another message to the same recipient; "
+                    "recorded as sent without it", extra={"message_id": str(r["id"])})
 
 
 async def record_failed(conn: Conn, owner: str | None,
