@@ -40,7 +40,7 @@ from hub import events
 from hub.campaigns import FailureWindow, transition
 from hub.errors import ValidationFailed
 from hub.segments import count_segments
-from hub.sender_pool import choose_sender
+from hub.sender_pool import choose_weighted
 from hub.store import campaigns as store
 from hub.store import sending as send_store
 from hub.templates import merge_variables, parse
@@ -142,7 +142,9 @@ class _Plan:
         self.voice = {k: parse(voice[k], field=f"voice.{k}")
                       for k in self.VOICE_TEXT if voice.get(k)}
         self.senders = {str(s["id"]): s for s in senders}
-        self.sender_ids = list(self.senders)
+        #: Each sender's share of the contacts is its share of the pool's throughput, so a
+        #: long code beside a toll-free number does not hold half the audience back.
+        self.weights = [(sid, float(s["mps"])) for sid, s in self.senders.items()]
         self.conv_channel = "sms" if c["channel"] in ("sms", "mms") else c["channel"]
 
     def message(self, r: dict[str, Any], to: str) -> dict[str, Any]:
@@ -154,7 +156,7 @@ class _Plan:
         voice = {**c["voice"], **{k: t.render(variables).text
                                   for k, t in self.voice.items()}} if c["voice"] else None
         seg = count_segments(body) if c["channel"] in ("sms", "mms") else None
-        sender = self.senders[choose_sender(str(r["contact_id"]), self.sender_ids)]
+        sender = self.senders[choose_weighted(str(r["contact_id"]), self.weights)]
         return {"id": message_id_for(c["id"], r["contact_id"]), "campaign_id": c["id"],
                 "priority": "bulk",
                 "sub_account_id": c["sub_account_id"], "contact_id": r["contact_id"],
