@@ -3,7 +3,7 @@ is a named error instead of a silently ignored value."""
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
@@ -442,16 +442,27 @@ class CampaignIn(Input):
     voice: VoiceIn | None = None
     sender_ids: list[UUID] = Field(default_factory=list, max_length=1000,
                                    description="sender pool; default: all of the channel's")
-    start_at: datetime | None = None
+    start_at: datetime | None = Field(None, description="not before this; at most a year ahead")
     window_start: time | None = Field(
-        None, description="local sending window start; default: the end of the "
-                          "sub-account's quiet hours")
+        None, description="local sending window start (texts and calls; email is sent at "
+                          "any hour); default: the end of the sub-account's quiet hours")
     window_end: time | None = Field(
-        None, description="local sending window end; default: the start of the "
-                          "sub-account's quiet hours")
-    rate_cap: float | None = Field(None, gt=0, le=100_000, description="messages per second")
+        None, description="local sending window end (texts and calls; email is sent at any "
+                          "hour); default: the start of the sub-account's quiet hours")
+    rate_cap: float | None = Field(
+        None, gt=0, le=100_000, description="segments per second, as carriers count "
+                                            "throughput: a 2-segment text takes two")
     failure_threshold: float = Field(0.2, gt=0, le=1,
                                      description="auto-pause above this failure share")
+
+    @field_validator("start_at")
+    @classmethod
+    def _within_a_year(cls, value: datetime | None) -> datetime | None:
+        """A later start is a typo (the year 9999), and nothing could be projected for it."""
+        latest = datetime.now(UTC) + timedelta(days=366)
+        if value is not None and (value if value.tzinfo else value.replace(tzinfo=UTC)) > latest:
+            raise PydanticCustomError("too_far_ahead", "at most a year ahead")
+        return value
 
 
 class CampaignOut(Output):

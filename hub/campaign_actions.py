@@ -7,7 +7,7 @@ with the reason). After that the Scheduler shards own the campaign."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +24,7 @@ from hub.campaigns import (
 )
 from hub.context import Hub
 from hub.errors import Conflict, NotFound, ValidationFailed
+from hub.segments import count_segments
 from hub.store import audience as audience_store
 from hub.store import campaigns as store
 from hub.store import templates as template_store
@@ -210,12 +211,26 @@ async def get_campaign(hub: Hub, sa_id: UUID, id_: UUID) -> Row:
     return row
 
 
-async def _rate(hub: Hub, c: Row) -> float:
-    """The campaign's send ceiling: its senders' throughput, capped by its rate cap."""
-    mps = await hub.pool.fetchval(
-        "SELECT coalesce(sum(mps), 0) FROM senders WHERE id = ANY($1::uuid[])", c["sender_ids"])
-    rate = float(mps or 0.0)
-    return min(rate, float(c["rate_cap"])) if c["rate_cap"] else rate
+async def _rates(hub: Hub, c: Row) -> list[float]:
+    """Messages per second of each of the campaign's senders, as the Sender shard paces
+    them: it charges a message's segments to its sender's MPS and to the campaign's rate cap
+    alike (carriers count throughput in segments), and a cap below the pool's MPS slows
+    every sender in proportion."""
+    mps = [float(r["mps"]) for r in await hub.pool.fetch(
+        "SELECT mps FROM senders WHERE id = ANY($1::uuid[]) ORDER BY id", c["sender_ids"])]
+    pool = sum(mps)
+    total = min(pool, float(c["rate_cap"])) if c["rate_cap"] else pool
+    segments = _segments(c)
+    return [m / pool * total / segments for m in mps]
+
+
+def _segments(c: Row) -> int:
+    """Segments the shard charges per message (1 for email and calls), from the body with its
+    merge fields blank or their defaults: recipients whose fields carry the body over a
+    segment boundary cost one more."""
+    if c["channel"] not in ("sms", "mms"):
+        return 1
+    return max(1, count_segments(parse(c["body"]).render({}).text).segments)
 
 
 def _zones(groups: list[Any], sa: Row, audience: Any = None) -> dict[str, int]:
@@ -235,8 +250,13 @@ _SKIP_WORDS = {"suppressed": "suppressed (opted out, bounced or blocked)",
                "no_phone": "without a phone number", "no_email": "without an email address"}
 
 
+#: Email has no quiet hours: the scheduler never defers it (texts and calls only).
+_ALWAYS = SendWindow(time(0), time(0))
+
+
 def _window(c: Row) -> SendWindow:
-    return SendWindow(c["window_start"], c["window_end"])
+    """The hours the scheduler holds the campaign's recipients to."""
+    return _ALWAYS if c["channel"] == "email" else SendWindow(c["window_start"], c["window_end"])
 
 
 async def campaign_stats(hub: Hub, sa: Row, id_: UUID) -> Row:
@@ -248,18 +268,21 @@ async def campaign_stats(hub: Hub, sa: Row, id_: UUID) -> Row:
         """SELECT count(*) FROM messages WHERE campaign_id = $1
            AND sent_at > now() - interval '10 seconds'""", id_) \
         if c["status"] == "running" else 0
-    rate = await _rate(hub, c)
+    rates = await _rates(hub, c)
+    rate = sum(rates)
     remaining = _zones(await audience_store.groups(
         hub.pool, "c.id IN (SELECT contact_id FROM campaign_recipients WHERE campaign_id = $1 "
         "AND status = 'pending')", [id_]), sa)
+    # Queued messages are past their window check: they leave first, one every 1/rate s from
+    # now, and the pending recipients after them.
     queued = counts.get("queued", 0) + counts.get("sending", 0)
-    if queued:
-        remaining[sa["timezone"]] = remaining.get(sa["timezone"], 0) + queued
     now = datetime.now(UTC)
     eta = None
     if c["status"] in ("running", "scheduled") and rate > 0:
-        eta = (projection.eta(remaining, now, _window(c), rate, start_at=c["start_at"])
-               if remaining else max(now, c["start_at"] or now))
+        eta = (projection.eta(remaining, now + timedelta(seconds=queued / rate), _window(c),
+                              rates, start_at=c["start_at"])
+               if remaining else max(now + timedelta(seconds=max(queued - 1, 0) / rate),
+                                     c["start_at"] or now))
     errors = await store.top_errors(hub.pool, id_)
     return {
         "id": id_, "status": c["status"], "paused_reason": c["paused_reason"],
@@ -281,10 +304,9 @@ async def campaign_dry_run(hub: Hub, sa: Row, id_: UUID) -> Row:
     for g in await store.skip_groups(hub.pool, sa["id"], c["channel"], where, args):
         skipped[g["reason"]] += sum(_zones([g], sa, audience).values())
     skipped = +skipped  # drops the reasons the audience's zone filters left empty
-    rate = await _rate(hub, c)
     now = datetime.now(UTC)
     p = projection.project(zones, now=now, start_at=c["start_at"], window=_window(c),
-                           rate_per_s=rate)
+                           rate_per_s=await _rates(hub, c))
     warnings = list(p.warnings)
     recipients = sum(zones.values())
     for name, n in (await _blank_fields(hub, sa, c, audience, where, args)).items():
@@ -294,7 +316,7 @@ async def campaign_dry_run(hub: Hub, sa: Row, id_: UUID) -> Row:
         warnings.append(f"{sum(skipped.values()):,} contacts of the audience will be skipped: "
                         + ", ".join(f"{n:,} {_SKIP_WORDS[r]}" for r, n in sorted(skipped.items())))
     return {
-        "id": id_, "recipients": recipients, "by_zone": zones, "rate_per_s": rate,
+        "id": id_, "recipients": recipients, "by_zone": zones, "rate_per_s": p.rate_per_s,
         "first_send_at": p.first_send_at, "finish_at": p.finish_at,
         "unsendable": p.unsendable + sum(skipped.values()), "warnings": warnings,
         "timeline": [{"start": b.start, "end": b.end, "sends": b.sends, "by_zone": b.by_zone}
