@@ -23,10 +23,11 @@ from hub.campaigns import (
     voice_script,
 )
 from hub.context import Hub
-from hub.errors import Conflict, NotFound, ValidationFailed
+from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
 from hub.segments import count_segments
 from hub.store import audience as audience_store
 from hub.store import campaigns as store
+from hub.store import contacts as contact_store
 from hub.store import templates as template_store
 from hub.templates import MergeField, parse
 from hub.timezones import SendWindow, contact_timezone
@@ -37,6 +38,19 @@ SENDER_CHANNEL = {"sms": "sms", "mms": "sms", "email": "email", "voice": "voice"
 
 def snapshot(row: Row) -> Row:
     return {**row, "allowed_actions": allowed_actions(row["status"])}
+
+
+async def _check_contact_ids(conn: Any, sa_id: UUID, ids: list[UUID]) -> None:
+    """An explicit audience names contacts of this sub-account: another's, or an unknown
+    id, is an error naming it, not a recipient silently dropped from the count."""
+    if not ids:
+        return
+    known = await contact_store.existing_ids(conn, sa_id, ids)
+    errors = [FieldError(f"audience.contact_ids.{i}", "no such contact in this sub-account",
+                         "not_found") for i, c in enumerate(ids) if c not in known]
+    if errors:
+        raise ValidationFailed(f"{len(errors)} of the audience's contact ids are not "
+                               "contacts of this sub-account", errors=errors[:50])
 
 
 async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
@@ -70,6 +84,7 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
             raise ValidationFailed.field("sender_ids", f"this sub-account has no "
                                          f"{SENDER_CHANNEL[channel]} sender; add one first",
                                          "no_sender")
+        await _check_contact_ids(tx.conn, sa["id"], list(audience.contact_ids))
         fields = {
             "name": data["name"], "channel": channel, "audience": audience.to_json(),
             "body": data.get("body") or "", "subject": data.get("subject"),

@@ -83,6 +83,13 @@ async def list_page(conn: Conn, sub_account_id: UUID, *, tag: str | None, q: str
     return [dict(r) for r in rows]
 
 
+async def existing_ids(conn: Conn, sub_account_id: UUID, ids: list[UUID]) -> set[UUID]:
+    """Those of `ids` that are contacts of this sub-account."""
+    rows = await conn.fetch("SELECT id FROM contacts WHERE sub_account_id = $1 "
+                            "AND id = ANY($2::uuid[])", sub_account_id, ids)
+    return {r["id"] for r in rows}
+
+
 async def count(conn: Conn, sub_account_id: UUID) -> int:
     return int(await conn.fetchval(
         "SELECT count(*) FROM contacts WHERE sub_account_id = $1", sub_account_id
