@@ -1,16 +1,21 @@
 """Adapter throughput against the in-process sandbox carrier, beside the raw aiohttp ceiling
-to the same endpoint measured in the same run (machines are noisy: read the ratio)."""
+to the same endpoint measured in the same run (machines are noisy: read the ratio); and the
+CPU a Twilio create costs its client, against a carrier in another process:
+`python -m channels.bench creates http://127.0.0.1:8025` with `hub carrier` running."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import importlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from channels.base import ChannelAdapter, OutboundMessage, ProviderCredentials
 from channels.sandbox import CarrierConfig, SandboxCarrier
@@ -161,3 +166,48 @@ async def _bench_smtp(adapter: ChannelAdapter, messages: Sequence[OutboundMessag
     return {"msgs_per_s": round(rate, 1), "ratio_to_raw_twilio": round(rate / raw, 3),
             "accepted": sink.received, "note": "one SMTP transaction per message, "
             "the adapter's default connection pool, aiosmtpd sink in the same loop"}
+
+
+async def bench_creates(carrier_url: str, n: int = 20_000, concurrency: int = 60,
+                        ) -> dict[str, Any]:
+    """This process's CPU per Twilio create, which is what a busy Sender shard pays for it:
+    `n` creates through the SMS adapter, `concurrency` at a time (a shard's bulk share of
+    its 64 connections), one message per `send_batch`, after 500 to warm the pool. The
+    carrier runs in another process, so its CPU is not counted."""
+    creds = ProviderCredentials("twilio", ACCOUNT_SID, AUTH_TOKEN, base_url=carrier_url)
+    messages = [OutboundMessage(f"8f0c2b9e-1d3a-4c5b-9e7f-{i:012d}", "sms",
+                                f"+1212{2_000_000 + i}", "72003",
+                                f"Hi Pat{i}, 20% off this week. Reply STOP to opt out.",
+                                status_callback_url="http://127.0.0.1:8000/v1/providers/"
+                                                    "twilio/sms/status")
+                for i in range(n)]
+    adapter = TwilioSmsAdapter()
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(message: OutboundMessage) -> None:
+        async with slots:
+            (result,) = await adapter.send_batch(creds, [message])
+            if not result.ok:
+                raise RuntimeError(f"create failed: {result.error}")
+
+    try:
+        await asyncio.gather(*(one(m) for m in messages[:500]))
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one(m) for m in messages))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        await adapter.close()
+    return {"n": n, "concurrency": concurrency, "cpu_us_per_create": round(cpu / n * 1e6, 1),
+            "creates_per_s": round(n / wall)}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=["creates"])
+    parser.add_argument("carrier_url")
+    parser.add_argument("-n", type=int, default=20_000)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="a Sender shard runs uvloop (Ray's choice when installed)")
+    args = parser.parse_args()
+    run = uvloop.run if args.loop == "uvloop" else asyncio.run
+    print(json.dumps(run(bench_creates(args.carrier_url, args.n)) | {"loop": args.loop}))

@@ -16,7 +16,9 @@ The direct POST asks the same client, once per account, for its URL (`Version.ab
 then `get_hostname` for edge and region) and its headers (`get_headers`, plus Basic auth), so
 both paths reach the same host with the same headers. The SDK stays the oracle for the
 form fields (tests/test_twilio_wire.py); on the hot path its request layers cost a quarter
-of the adapter's rate (BENCHMARKS.md, channel adapters).
+of the adapter's rate (BENCHMARKS.md, channel adapters). The direct POST goes through its
+own lean keep-alive pool (`channels.http_post`), not aiohttp's, whose request path was the
+largest cost of a busy Sender shard.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from twilio.rest import Client
 from yarl import URL
 
 from channels.base import ErrorKind, ProviderCredentials, SendError, SendResult
+from channels.http_post import Endpoint, PostPool
 from channels.twilio_errors import error_from_exception, error_from_response
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,9 @@ _response_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
 class HubTwilioHttpClient(AsyncTwilioHttpClient):
     """AsyncTwilioHttpClient with the three things the hub needs that it lacks: a
     ClientTimeout (the stock client passes `timeout=None`, which aiohttp reads as "wait
-    forever"), one tuned connection pool created in the running loop (the direct creates
-    use it too), and the response headers of the last request in this task. It never logs
-    the Authorization header."""
+    forever"), one tuned connection pool created in the running loop (the SDK's fetches
+    and lists; creates have their own), and the response headers of the last request in
+    this task. It never logs the Authorization header."""
 
     def __init__(self, *, max_connections: int = 128, connect_timeout: float = 5.0,
                  read_timeout: float = 15.0) -> None:
@@ -105,8 +108,8 @@ class TwilioAccount:
 
     client: Client
     secret: str = field(repr=False)
-    headers: Mapping[str, str] = field(repr=False)  # the SDK's, with Basic auth
     urls: Mapping[str, URL]  # by resource: Messages, Calls
+    endpoints: Mapping[str, Endpoint] = field(repr=False)  # the same, with the SDK's headers
 
 
 class TwilioAccounts:
@@ -142,17 +145,20 @@ class TwilioAccounts:
         urls = {resource: URL(client.get_hostname(client.api.v2010.absolute_url(
                     f"Accounts/{creds.account_id}/{resource}.json")))
                 for resource in ("Messages", "Calls")}
-        return TwilioAccount(client, creds.secret, headers, urls)
+        endpoints = {resource: Endpoint(url, headers) for resource, url in urls.items()}
+        return TwilioAccount(client, creds.secret, urls, endpoints)
 
 
 class TwilioTransport:
-    """What the Twilio adapters share: the pool, the accounts and a bound on concurrency."""
+    """What the Twilio adapters share: the pools (creates; the SDK's calls), the accounts and
+    a bound on concurrency, which also bounds each pool's connections."""
 
     def __init__(self, *, concurrency: int = 64, connect_timeout: float = 5.0,
                  read_timeout: float = 15.0) -> None:
         self.http = HubTwilioHttpClient(max_connections=concurrency,
                                         connect_timeout=connect_timeout,
                                         read_timeout=read_timeout)
+        self.posts = PostPool(connect_timeout=connect_timeout, read_timeout=read_timeout)
         self.accounts = TwilioAccounts(self.http)
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -164,13 +170,10 @@ class TwilioTransport:
         body = form_body(form)
         async with self._slots:
             try:
-                async with self.http.pool().post(
-                        account.urls[resource], data=body, headers=account.headers,
-                        allow_redirects=False) as resp:
-                    answer = await resp.read()
-                    if not 200 <= resp.status < 300:
-                        return error_from_response(resp.status, answer, resp.headers)
-                created = json.loads(answer.decode())
+                answer = await self.posts.post(account.endpoints[resource], body)
+                if not 200 <= answer.status < 300:
+                    return error_from_response(answer.status, answer.body, answer.headers())
+                created = json.loads(answer.body.decode())
                 return str(created["sid"]), str(created.get("status") or "")
             except Exception as exc:
                 return error_from_exception(exc)
@@ -184,6 +187,7 @@ class TwilioTransport:
                 return error_from_exception(exc, _response_headers.get())
 
     async def close(self) -> None:
+        await self.posts.close()
         await self.http.close()
 
 

@@ -19,6 +19,7 @@ import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
 from channels.base import ErrorKind, SendError
+from channels.http_post import InvalidEndpoint, NotSent
 
 #: Codes from payloads/twilio_error_codes_subset.json, grouped by what the hub must do.
 _KIND_OF_CODE: dict[int, ErrorKind] = {
@@ -87,9 +88,9 @@ def error_from_exception(exc: BaseException,
     if isinstance(exc, TwilioServiceException):
         return classify_twilio_error(exc.status, exc.code, exc.detail or exc.title,
                                      retry_after=parse_retry_after(headers))
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, aiohttp.InvalidURL | InvalidEndpoint):
         return SendError(ErrorKind.CONFIG_INVALID, f"invalid provider URL: {exc}")
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | NotSent):
         return SendError(ErrorKind.CONNECTION_FAILED, f"could not connect to Twilio: {exc}")
     if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):
         return SendError(ErrorKind.IN_DOUBT, "no answer from Twilio before the read timeout")
