@@ -22,6 +22,9 @@ one sender number or email domain), in FIFO order. The rules `take` applies:
   message has gone. So a reply on an empty sender bucket waits for that bucket alone: bulk on
   the same number cannot take the refill, and bulk on sibling numbers cannot drain the
   sub-account or provider tokens the reply will need. Bulk loses at most what the reply needs.
+* **Closing windows**: a message with a ``send_until`` (a campaign message, whose contact's
+  sending window closes then) that would not leave before it is taken out without tokens
+  and put in ``expired``, for the owner to give back; its lane goes on with the next one.
 * **Retries** go to the head of their lane but only once their ``not_before`` has passed; until
   then the lane's other messages go on (throttling pauses the whole key via the limiter, so a
   per-message delay never needs to stall the lane). Messages pushed with a future
@@ -69,6 +72,7 @@ class Outbound:
     campaign_id: str | None = None
     contact_id: str | None = None
     leased_at: float = 0.0  # when the shard leased it (its clock): renewals skip fresh ones
+    send_until: float = math.inf  # it may not leave at or after this time (its window closes)
 
 
 class _Account:
@@ -131,6 +135,9 @@ class Lanes:
         self._waiters: dict[LimitKey, list[tuple[int, int, int, _Lane]]] = {}
         self._holds: dict[LimitKey, list[_Lane]] = {}
         self._seq = itertools.count()
+        #: Messages taken out because their window closed before they could leave: in
+        #: flight (no tokens spent) until the owner gives them back and calls `complete`.
+        self.expired: list[Outbound] = []
 
     # --- queries ---------------------------------------------------------------------
 
@@ -364,6 +371,10 @@ class Lanes:
         if lane.hold_cost:
             self._release(lane)
         item, delayed = self._head(lane, now)
+        while item is not None and item.send_until <= now + self.ahead:
+            self._remove_head(lane, item, delayed)
+            self.expired.append(item)
+            item, delayed = self._head(lane, now)
         if item is None:
             if lane.delayed:
                 self._park_until(lane, lane.delayed[0][0])
@@ -391,6 +402,15 @@ class Lanes:
             if lane.rank < _BULK:
                 self._hold(lane, item.cost)
             return None
+        self._remove_head(lane, item, delayed)
+        if lane.live:
+            self._make_ready(lane)  # back of its rank's turn: siblings go first
+        else:
+            self._drop(lane)
+        return item, now + wait
+
+    def _remove_head(self, lane: _Lane, item: Outbound, delayed: bool) -> None:
+        """Move the lane's head (`_head`) in flight."""
         if delayed:
             assert lane.delayed is not None
             heapq.heappop(lane.delayed)
@@ -402,11 +422,6 @@ class Lanes:
             self._urgent -= 1
         del self._queued[item.message_id]
         self._in_flight[item.message_id] = item
-        if lane.live:
-            self._make_ready(lane)  # back of its rank's turn: siblings go first
-        else:
-            self._drop(lane)
-        return item, now + wait
 
     def _queue_ahead(self, lane: _Lane, woken_by: LimitKey | None) -> LimitKey | None:
         """A key on the lane's path that lanes of the same or better priority already queue

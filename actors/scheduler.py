@@ -3,9 +3,11 @@ owns. Plain asyncio state; `actors/ray_api.py` makes it a Ray actor.
 
 Each tick keeps, for every running campaign, a bounded window of messages ahead of the
 senders (so memory and the database's queue stay flat whatever the audience size): it claims
-due recipients (row locks, no write), defers those whose local sending window is closed to
-the moment it opens, renders their bodies, picks a sticky sender, and creates their messages
-in one transaction.
+due recipients (row locks, no write), defers those whose local sending window is closed, or
+closes before the senders could reach them, to the moment it opens, renders their bodies,
+picks a sticky sender, and creates their messages in one transaction, each with the instant
+its window closes: the Sender shard gives back what has not left by then, and it comes here
+again to wait for the next opening.
 A tick is set-based: a few statements for all the shard's campaigns together (read them with
 their backlogs, fill, count, complete, report), not a few per campaign, so ten thousand
 small campaigns cost about what one large one does; campaigns that only wait for their
@@ -28,7 +30,7 @@ import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +39,7 @@ import redis.asyncio as aioredis
 
 from actors.loops import round_failed
 from hub import events
-from hub.campaigns import FailureWindow, transition
+from hub.campaigns import FailureWindow, transition, window_closes
 from hub.errors import ValidationFailed
 from hub.segments import count_segments
 from hub.sender_pool import choose_weighted
@@ -102,6 +104,13 @@ def window_size(achieved: float | None, nominal: float, window_s: float,
     return max(min_window, int(rate * window_s))
 
 
+def nominal_rate(c: dict[str, Any], senders: list[dict[str, Any]]) -> float:
+    """Messages a second the campaign's senders may send at most: their MPS, capped by the
+    campaign's rate cap."""
+    nominal = sum(s["mps"] for s in senders) if senders else 1.0
+    return min(nominal, c["rate_cap"]) if c["rate_cap"] else nominal
+
+
 def record_counts(window: FailureWindow, ok: int, failed: int) -> None:
     """Outcomes known only as counts since the last look: spread evenly, so the window's
     tail holds the same share of failures as they came in."""
@@ -126,8 +135,8 @@ class HandOff:
 
 class _Plan:
     """What a fill needs of one campaign to turn its claimed recipients into messages: its
-    sending window, parsed templates (body, subject, HTML, the voice script's words) and
-    sender pool."""
+    sending window, parsed templates (body, subject, HTML, the voice script's words), sender
+    pool and the rate they send at most."""
 
     #: The voice script's fields that are words to say: rendered as the body is.
     VOICE_TEXT = ("say", "voicemail_say")
@@ -145,6 +154,7 @@ class _Plan:
         #: Each sender's share of the contacts is its share of the pool's throughput, so a
         #: long code beside a toll-free number does not hold half the audience back.
         self.weights = [(sid, float(s["mps"])) for sid, s in self.senders.items()]
+        self.rate = nominal_rate(c, senders)
         self.conv_channel = "sms" if c["channel"] in ("sms", "mms") else c["channel"]
 
     def message(self, r: dict[str, Any], to: str) -> dict[str, Any]:
@@ -227,10 +237,8 @@ class SchedulerCore:
             drain = self._drain.setdefault(c["id"], Drain())
             drain.observe(self.clock(), c["backlog"], self._created.pop(c["id"], 0))
             senders = self._senders[c["id"]][1]
-            nominal = sum(s["mps"] for s in senders) if senders else 1.0
-            if c["rate_cap"]:
-                nominal = min(nominal, c["rate_cap"])
-            window = window_size(drain.rate(), nominal, self.window_s, self.min_window)
+            window = window_size(drain.rate(), nominal_rate(c, senders), self.window_s,
+                                 self.min_window)
             if self.hand_off is not None:
                 window = min(window, self.hand_off.room)
             if c["backlog"] < window and senders and c["due"]:
@@ -307,9 +315,11 @@ class SchedulerCore:
     async def _fill_chunk(self, wants: list[tuple[dict[str, Any], int]],
                           now: datetime) -> dict[UUID, int]:
         """One transaction: claim the campaigns' due recipients, defer those whose local
-        sending window is closed, skip those without an address or opted out since launch,
-        render the rest and create their messages; then hand the messages created to their
-        Sender shards."""
+        sending window is closed, or closes before the senders could reach them at their
+        full rate behind what is queued already, skip those without an address or opted out
+        since launch, render the rest and create their messages, each with the instant its
+        window closes (the Sender shard gives back what has not left by then); then hand the
+        messages created to their Sender shards."""
         plans: dict[UUID, _Plan] = {}
         for c, _ in wants:
             try:
@@ -330,6 +340,7 @@ class SchedulerCore:
             deferred: list[tuple[UUID, UUID, datetime]] = []
             skipped: list[tuple[UUID, UUID, str]] = []
             messages: list[dict[str, Any]] = []
+            ahead = Counter({c["id"]: c["backlog"] for c, _ in wants})  # queued before each
             for r in due:
                 c = by_campaign[r["campaign_id"]]
                 plan = plans[c["id"]]
@@ -341,12 +352,19 @@ class SchedulerCore:
                 if r["suppressed"]:  # opted out since launch
                     skipped.append((c["id"], r["contact_id"], "suppressed"))
                     continue
+                closes = None
                 if not email:
                     tz = contact_timezone(r["timezone"], r["phone"], c["sa_timezone"])
-                    if not plan.window.allows(now, tz):
-                        deferred.append((c["id"], r["contact_id"], plan.window.next_open(now, tz)))
+                    closes = (window_closes(plan.window, now, tz)
+                              if plan.window.allows(now, tz) else now)
+                    turn = now + timedelta(seconds=(ahead[c["id"]] + 1) / plan.rate)
+                    if closes is not None and closes <= turn:  # closed now, or before its turn
+                        deferred.append((c["id"], r["contact_id"],
+                                         plan.window.next_open(closes, tz)))
                         continue
+                ahead[c["id"]] += 1
                 m = plan.message(r, to)
+                m["send_until"] = closes
                 m["lease_owner"] = hand_off.owner(m["channel"], m["slot"]) if hand_off else None
                 messages.append(m)
             await store.defer(conn, deferred)

@@ -7,6 +7,13 @@ leased to this shard: the gateway's sends and the scheduler's campaign messages)
 anything whose lease expired, such as a hand-off that never arrived). Either way a message
 is sent only after `begin_sending` moved it from `queued` to `sending` under this shard's
 lease, so duplicates are impossible by construction.
+
+A campaign message leaves only inside its contact's sending window: one still waiting when
+the window closes (`send_until`), in the lanes or at its departure time, is given back to its
+campaign (`store.give_back`), whose scheduler sends it when the window opens again. One the
+provider refuses for the account's setup (credentials, sender) is given back the same way and
+pauses its campaign, saying what to fix: its recipient waits for the resume instead of
+failing with every other one of the campaign.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,10 +47,12 @@ from channels.base import (
     VoiceScript,
 )
 from hub import events
+from hub.campaigns import transition
 from hub.compliance import unsubscribe_url
 from hub.crypto import SecretBox
 from hub.retry import backoff
 from hub.status import Status, rank
+from hub.store import campaigns as campaign_store
 from hub.store import sending as store
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,10 @@ class SenderConfig:
 #: 1,000 MPS, a fraction of one below 200), which the headroom below absorbs.
 PACE_SLACK_S = 0.005
 
+#: A request takes time to reach the provider: a campaign message leaves only if its window
+#: (`send_until`) stays open at least this long after its request starts.
+WINDOW_MARGIN_S = 0.5
+
 #: Share of a sender's MPS the hub aims at: network jitter bunches requests on their way to
 #: the carrier, and this headroom keeps the carrier's own one-second windows within the limit.
 SENDER_HEADROOM = 0.98
@@ -121,7 +135,9 @@ class SenderCore:
         self._next_free: dict[LimitKey, float] = {}  # per sender: when it may send again
         self._bulk_requests = asyncio.Semaphore(config.bulk_requests)
         self._commit_s = 0.0  # recent `sending` commit time
-        self._creds: dict[UUID, tuple[float, ProviderCredentials]] = {}
+        #: Decrypted credentials by provider account, with the account's `updated_at`: an
+        #: update (a fixed token) is used by the next batch.
+        self._creds: dict[UUID, tuple[datetime, ProviderCredentials]] = {}
         self.sent_total = 0
 
     # --- intake ------------------------------------------------------------------------
@@ -199,13 +215,16 @@ class SenderCore:
             delay = (r["not_before"] - wall).total_seconds() if r["not_before"] else 0.0
             lease_left = ((r["lease_expires_at"] - wall).total_seconds()
                           if r["lease_expires_at"] else 0.0)
+            until = (now + (r["send_until"] - wall).total_seconds() - WINDOW_MARGIN_S
+                     if r["send_until"] else math.inf)
             items.append(Outbound(
                 message_id=str(r["id"]), sub_account_id=str(r["sub_account_id"]),
                 priority=r["priority"], path=self._path(r),
                 cost=max(1, int(r["segments"] or 1)) if r["channel"] in ("sms", "mms") else 1,
                 not_before=now + max(0.0, delay), attempt=int(r["attempts"] or 0),
                 campaign_id=str(r["campaign_id"]) if r["campaign_id"] else None,
-                leased_at=now - max(0.0, self.config.lease_s - lease_left)))
+                leased_at=now - max(0.0, self.config.lease_s - lease_left),
+                send_until=until))
         added = self.lanes.push(items, now)
         if added:
             self._wake.set()
@@ -230,25 +249,44 @@ class SenderCore:
                 break
             batch = self.lanes.take_timed(self.clock(), self.limiter,
                                           min(config.send_batch, room))
+            if self.lanes.expired:
+                expired, self.lanes.expired = self.lanes.expired, []
+                self._track(self._give_back([i.message_id for i in expired]))
             if not batch:
                 break
             started += len(batch)
             self._in_flight_n += len(batch)
-            task = asyncio.create_task(self._send(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._track(self._send(batch))
         return started
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _give_back(self, ids: list[str]) -> None:
+        """Messages whose window closed before their turn came: back to their campaigns.
+        If that fails they stay queued under this shard's lease, which expires, and a claim
+        brings them here again."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.give_back(conn, self.config.owner, [UUID(i) for i in ids])
+        except Exception as exc:
+            log.warning("giving back messages past their window failed", extra={
+                "owner": self.config.owner, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.lanes.complete(ids)
 
     async def _credentials(self, row: Mapping[str, Any]) -> ProviderCredentials:
         pa_id: UUID = row["provider_account_id"]
         cached = self._creds.get(pa_id)
-        if cached is not None and cached[0] > self.clock():
+        if cached is not None and cached[0] == row["account_updated_at"]:
             return cached[1]
         creds = ProviderCredentials(
             provider=row["provider"], account_id=row["account_id"],
             secret=self.box.decrypt(row["secret_encrypted"]), base_url=row["base_url"],
             config=dict(row["config"] or {}))
-        self._creds[pa_id] = (self.clock() + 60.0, creds)  # picks up rotated secrets
+        self._creds[pa_id] = (row["account_updated_at"], creds)
         return creds
 
     def _outbound(self, row: Mapping[str, Any]) -> OutboundMessage:
@@ -305,9 +343,10 @@ class SenderCore:
         for r in rows:
             groups[(r["provider_account_id"], r["channel"])].append(r)
         results: list[tuple[Mapping[str, Any], SendResult]] = []
-        await asyncio.gather(*(self._send_group(k[1], g, by_id, departs, results)
+        closed: list[Mapping[str, Any]] = []
+        await asyncio.gather(*(self._send_group(k[1], g, by_id, departs, results, closed)
                                for k, g in groups.items()))
-        await self._record(by_id, results)
+        await self._record(by_id, results, closed)
 
     def _commit_took(self, seconds: float) -> None:
         """Size the horizon on how long `sending` commits take (a slow average, quick to
@@ -329,19 +368,27 @@ class SenderCore:
 
     async def _send_group(self, channel: str, group: list[Mapping[str, Any]],
                           items: Mapping[str, Outbound], departs: Mapping[str, float],
-                          results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
+                          results: list[tuple[Mapping[str, Any], SendResult]],
+                          closed: list[Mapping[str, Any]]) -> None:
         """Send one provider account's messages, each at its departure time: replies and
         transactional ones due together in one adapter call, bulk ones through the
         `bulk_requests` bound (an SMS or a call per request; emails due together in one,
         since SendGrid takes many recipients a request). A message also waits until its
         sender's previous message left a token's worth of time ago, so a batch that starts
         late (a slow `sending` commit, a busy event loop) goes out spread at the sender's
-        rate instead of all at once: lateness costs time, never a burst at the carrier."""
+        rate instead of all at once: lateness costs time, never a burst at the carrier. A
+        message whose window has closed when its request would start goes to `closed`,
+        unsent."""
         adapter = self.adapters[channel]
         creds = await self._credentials(group[0])
         waves: list[asyncio.Task[None]] = []
 
         async def send(rows: list[Mapping[str, Any]]) -> None:
+            now = self.clock()
+            closed.extend(r for r in rows if items[str(r["id"])].send_until <= now)
+            rows = [r for r in rows if items[str(r["id"])].send_until > now]
+            if not rows:
+                return
             started = time.perf_counter()
             out = await adapter.send_batch(creds, [self._outbound(r) for r in rows])
             self.metrics.provider_latency(rows[0]["provider"], time.perf_counter() - started)
@@ -386,7 +433,14 @@ class SenderCore:
         await asyncio.gather(*waves)
 
     async def _record(self, by_id: Mapping[str, Outbound],
-                      results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
+                      results: list[tuple[Mapping[str, Any], SendResult]],
+                      closed: list[Mapping[str, Any]]) -> None:
+        """Write the outcomes of a batch in one transaction. Campaign messages the provider
+        refused for the account's setup, and those `closed` (their window closed before
+        they left), are given back to their campaigns (`store.give_back`); the former pause
+        their campaigns first, saying what to fix."""
+        back = [r["id"] for r in closed]
+        refused: dict[UUID, str] = {}  # campaign -> why it pauses
         accepted: list[tuple[UUID, str, str]] = []
         failed: list[tuple[UUID, str | None, str]] = []
         retry: list[tuple[UUID, datetime, str]] = []
@@ -415,6 +469,12 @@ class SenderCore:
                 retry.append((row["id"], again, f"{err.message[:400]}; trying again at "
                               f"{again:%H:%M:%S} UTC"))
                 retries.append((item, delay))
+            elif err.kind == ErrorKind.CONFIG_INVALID and row["campaign_id"] is not None:
+                refused.setdefault(row["campaign_id"], (
+                    f"paused automatically: the provider refused the account's credentials "
+                    f"or setup ({err.message[:300]}); update the provider account, then "
+                    f"resume"))
+                back.append(row["id"])
             elif err.kind == ErrorKind.IN_DOUBT:
                 in_doubt.append((row["id"], err.message[:500]))
                 done.append(item.message_id)
@@ -425,13 +485,24 @@ class SenderCore:
                    if r["priority"] != "bulk" and (res.ok or not res.error or
                                                    not res.error.retryable)]
         async with self.pool.acquire() as conn, conn.transaction():
+            # First: a pause locks its campaign, as a user's pause would, before any message.
+            paused = await campaign_store.pause_running(
+                conn, refused, str(transition("running", "auto_pause"))) if refused else []
+            await store.give_back(conn, self.config.owner, back)
             await store.record_accepted(conn, self.config.owner, accepted)
             await store.record_failed(conn, self.config.owner, failed)
             await store.record_retry(conn, self.config.owner, retry)
             await store.record_in_doubt(conn, self.config.owner, in_doubt)
             written = await store.status_events(conn, visible)
+            if paused:
+                written += await events.append(conn, [events.PendingEvent(
+                    c["sub_account_id"], "campaign.updated", c, f"campaign:{c['id']}")
+                    for c in paused])
         await events.publish(self.redis, written)
-        self.lanes.complete(done)
+        for c in paused:
+            log.warning("campaign paused automatically", extra={
+                "campaign_id": str(c["id"]), "reason": c["paused_reason"]})
+        self.lanes.complete(done + [str(i) for i in back])
         for item, delay in retries:
             self.lanes.retry(item, delay, now)
         self.sent_total += len(accepted)

@@ -11,8 +11,9 @@ import unicodedata
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, tzinfo
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -520,6 +521,17 @@ def campaign_window(start: time | None, end: time | None, sub_account: Mapping[s
 
 def _hm(t: time) -> str:
     return t.strftime("%H:%M")
+
+
+@lru_cache(maxsize=4096)
+def window_closes(window: SendWindow, utc_now: datetime, tz: tzinfo) -> datetime | None:
+    """The instant (UTC) after `utc_now` at which `window`, open now in `tz`, closes: when
+    the quiet hours, seen as a window of their own, next open (DST handled as
+    `SendWindow.next_open` handles it). None for a window that never closes. Cached: the
+    scheduler asks it for every recipient of a fill, at one `utc_now`, in a few zones."""
+    if window.always_open:
+        return None
+    return SendWindow(start=window.end, end=window.start).next_open(utc_now, tz)
 
 
 # --- content checks --------------------------------------------------------------------------

@@ -265,7 +265,7 @@ def test_a_pool_is_shared_by_throughput() -> None:
 
     c = {"id": uuid4(), "sub_account_id": uuid4(), "channel": "sms", "body": "Hi",
          "subject": None, "html": None, "voice": None, "slot": 0,
-         "window_start": time(8), "window_end": time(21)}
+         "window_start": time(8), "window_end": time(21), "rate_cap": None}
     slow, fast = (
         {"id": uuid4(), "provider_account_id": uuid4(), "provider": "twilio",
          "address": address, "mps": mps} for address, mps in (("+18335550001", 1.0),

@@ -262,7 +262,7 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
     that Sender shard for `lease_s`, so the shard takes it without writing it again. The
     message id is derived from (campaign, contact), and the unique (campaign_id,
     contact_id) index makes a second attempt a no-op: one message per recipient, whatever
-    restarts in between."""
+    restarts in between. `send_until`: when the message's sending window closes, or None."""
     if not messages:
         return []
     col = {k: [m[k] for m in messages] for k in messages[0]}
@@ -287,7 +287,7 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
         """INSERT INTO messages (id, sub_account_id, conversation_id, contact_id, campaign_id,
                direction, channel, priority, sender_id, provider_account_id, from_address,
                to_address, subject, html, body, media_urls, voice, status, segments, encoding,
-               slot, lease_owner, lease_expires_at, provider)
+               slot, lease_owner, lease_expires_at, provider, send_until)
            SELECT u.id, u.sub_account_id,
                   (SELECT conv.id FROM conversations conv
                    WHERE conv.sub_account_id = u.sub_account_id
@@ -298,19 +298,20 @@ async def create_messages(conn: asyncpg.Connection, messages: list[Row],
                   (SELECT cp.media_urls FROM campaigns cp WHERE cp.id = u.campaign_id),
                   u.voice, 'queued', u.segments, u.encoding, u.slot, u.lease_owner,
                   CASE WHEN u.lease_owner IS NOT NULL THEN now() + make_interval(secs => $19) END,
-                  u.provider
+                  u.provider, u.send_until
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[],
                        $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[],
                        $12::text[], $13::jsonb[], $14::int[], $15::text[], $16::int[],
-                       $17::text[], $18::text[], $20::text[])
+                       $17::text[], $18::text[], $20::text[], $21::timestamptz[])
                 AS u(id, campaign_id, sub_account_id, conv_channel, contact_id, channel,
                      sender_id, provider_account_id, from_address, to_address, subject, body,
-                     voice, segments, encoding, slot, lease_owner, html, provider)
+                     voice, segments, encoding, slot, lease_owner, html, provider, send_until)
            ON CONFLICT DO NOTHING RETURNING id, lease_owner, lease_expires_at""",
         *(col[k] for k in ("id", "campaign_id", "sub_account_id", "conv_channel", "contact_id",
                            "channel", "sender_id", "provider_account_id", "from_address",
                            "to_address", "subject", "body", "voice", "segments", "encoding",
-                           "slot", "lease_owner", "html")), lease_s, col["provider"])
+                           "slot", "lease_owner", "html")), lease_s, col["provider"],
+        col["send_until"])
     await conn.execute(
         """UPDATE campaign_recipients r SET status = 'queued', message_id = u.id
            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(campaign_id, contact_id, id)
@@ -407,6 +408,22 @@ async def unqueue(conn: asyncpg.Connection, campaign_id: UUID) -> int:
            WHERE campaign_id = $1 AND contact_id = ANY($2::uuid[])""",
         campaign_id, [r["contact_id"] for r in ids])
     return len(ids)
+
+
+async def pause_running(conn: asyncpg.Connection, reasons: dict[UUID, str],
+                        status: str) -> list[Row]:
+    """Pause these campaigns, each with its reason, if they are still running, and take
+    back their queued messages (`unqueue`); returns those paused (COLS). The row lock of
+    the update orders it against a user's pause or cancel, and against itself."""
+    rows = await conn.fetch(
+        f"""UPDATE campaigns c SET status = $3, paused_reason = u.reason, updated_at = now()
+            FROM unnest($1::uuid[], $2::text[]) AS u(id, reason)
+            WHERE c.id = u.id AND c.status = 'running'
+            RETURNING {', '.join('c.' + c.strip() for c in COLS.split(','))}""",
+        sorted(reasons), [reasons[i] for i in sorted(reasons)], status)
+    for r in rows:
+        await unqueue(conn, r["id"])
+    return [dict(r) for r in rows]
 
 
 async def cancel_rest(conn: asyncpg.Connection, campaign_id: UUID) -> int:

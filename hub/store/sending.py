@@ -27,7 +27,7 @@ Row = dict[str, Any]
 #: What a sender shard needs to place a message in a lane and its rate-limit path.
 LANE_COLS = """m.id, m.sub_account_id, m.priority, m.campaign_id, m.sender_id,
     m.provider_account_id, m.segments, m.attempts, m.not_before, m.channel,
-    s.mps AS sender_mps, c.rate_cap AS campaign_rate, m.lease_expires_at"""
+    s.mps AS sender_mps, c.rate_cap AS campaign_rate, m.lease_expires_at, m.send_until"""
 LANE_JOIN = """LEFT JOIN senders s ON s.id = m.sender_id
     LEFT JOIN campaigns c ON c.id = m.campaign_id"""
 
@@ -43,7 +43,8 @@ def lane_row(message: Row, sender: Row, lease_expires_at: datetime | None,
             "sender_id": sender["id"], "provider_account_id": sender["provider_account_id"],
             "segments": message["segments"], "attempts": 0, "not_before": None,
             "channel": message["channel"], "sender_mps": sender["mps"],
-            "campaign_rate": campaign_rate, "lease_expires_at": lease_expires_at}
+            "campaign_rate": campaign_rate, "lease_expires_at": lease_expires_at,
+            "send_until": message.get("send_until")}
 
 
 async def lease_queued(conn: Conn, owner: str, channels: list[str], slots: list[int],
@@ -153,7 +154,8 @@ async def begin_sending(conn: Conn, owner: str, ids: list[UUID], lease_s: float)
            RETURNING m.status, m.id, m.sub_account_id, m.channel, m.from_address,
                      m.to_address, m.subject, m.html, m.body, m.media_urls, m.voice,
                      m.contact_id, m.campaign_id, m.priority, m.provider_account_id,
-                     p.provider, p.account_id, p.secret_encrypted, p.base_url, p.config""",
+                     p.provider, p.account_id, p.secret_encrypted, p.base_url, p.config,
+                     p.updated_at AS account_updated_at""",
         owner, ids, lease_s,
     )
     return [dict(r) for r in rows if r["status"] == "sending"]
@@ -293,6 +295,34 @@ async def release(conn: Conn, owner: str, ids: list[UUID]) -> None:
            WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND status = 'queued'""",
         owner, ids,
     )
+
+
+async def give_back(conn: asyncpg.Connection, owner: str, ids: list[UUID]) -> None:
+    """Campaign messages under this shard's lease that must not leave now (their window
+    closed, or the provider refused the account's setup), queued or `sending` but never
+    sent: their recipients go back to pending, due now, and the messages are deleted, as a
+    pause does (`hub.store.campaigns.unqueue`), so the scheduler creates each again, with
+    the same id, when it may go. A campaign canceled meanwhile cancels them instead. The
+    campaigns are share-locked first, which orders this against a pause or cancel in
+    flight."""
+    if not ids:
+        return
+    await conn.execute(
+        """SELECT 1 FROM campaigns WHERE id IN (
+               SELECT campaign_id FROM messages WHERE id = ANY($1::uuid[]))
+           ORDER BY id FOR SHARE""", ids)
+    await conn.execute(
+        """WITH back AS (
+               DELETE FROM messages m WHERE m.id = ANY($2::uuid[]) AND m.lease_owner = $1
+                 AND m.status IN ('queued', 'sending') AND m.campaign_id IS NOT NULL
+               RETURNING m.campaign_id, m.contact_id)
+           UPDATE campaign_recipients r
+              SET status = CASE c.status WHEN 'canceled' THEN 'canceled' ELSE 'pending' END,
+                  skip_reason = CASE c.status WHEN 'canceled' THEN 'campaign_canceled' END,
+                  message_id = NULL, due_at = least(r.due_at, now())
+           FROM back JOIN campaigns c ON c.id = back.campaign_id
+           WHERE r.campaign_id = back.campaign_id AND r.contact_id = back.contact_id""",
+        owner, ids)
 
 
 async def stale_sending(conn: Conn, limit: int) -> list[Row]:
