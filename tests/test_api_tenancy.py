@@ -3,6 +3,8 @@ sub-account's data (404), agency keys reach only their own agency, and secrets s
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx
 
 from hub.context import Hub
@@ -177,7 +179,8 @@ async def test_a_sender_a_launched_campaign_uses_cannot_be_deleted(
         "provider_account_id": p.json()["id"], "channel": "sms", "kind": "long_code",
         "address": f"+1212555018{i}"})).json()["id"] for i in range(3)]
     campaign = {"name": "Spring sale", "channel": "sms", "audience": {"tags_any": ["none"]},
-                "body": "Hi", "start_at": "2099-01-01T00:00:00Z"}
+                "body": "Hi",  # scheduled: it holds its sender without sending
+                "start_at": (datetime.now(UTC) + timedelta(days=300)).isoformat()}
     launched, draft = [(await api.post(f"{sa}/campaigns", headers=h, json={
         **campaign, "sender_ids": [s]})).json()["id"] for s in senders[:2]]
     assert (await api.post(f"{sa}/campaigns/{launched}/launch", headers=h)).status_code == 200
