@@ -340,7 +340,9 @@ class SchedulerCore:
             deferred: list[tuple[UUID, UUID, datetime]] = []
             skipped: list[tuple[UUID, UUID, str]] = []
             messages: list[dict[str, Any]] = []
-            ahead = Counter({c["id"]: c["backlog"] for c, _ in wants})  # queued before each
+            # What is queued before each campaign's next message, in rate-limit tokens: a
+            # text costs its segments (a sender's MPS counts segments), anything else one.
+            ahead = Counter({c["id"]: c["backlog_cost"] for c, _ in wants})
             for r in due:
                 c = by_campaign[r["campaign_id"]]
                 plan = plans[c["id"]]
@@ -352,18 +354,18 @@ class SchedulerCore:
                 if r["suppressed"]:  # opted out since launch
                     skipped.append((c["id"], r["contact_id"], "suppressed"))
                     continue
+                m = plan.message(r, to)
                 closes = None
                 if not email:
                     tz = contact_timezone(r["timezone"], r["phone"], c["sa_timezone"])
                     closes = (window_closes(plan.window, now, tz)
                               if plan.window.allows(now, tz) else now)
-                    turn = now + timedelta(seconds=(ahead[c["id"]] + 1) / plan.rate)
+                    turn = now + timedelta(seconds=(ahead[c["id"]] + m["segments"]) / plan.rate)
                     if closes is not None and closes <= turn:  # closed now, or before its turn
                         deferred.append((c["id"], r["contact_id"],
                                          plan.window.next_open(closes, tz)))
                         continue
-                ahead[c["id"]] += 1
-                m = plan.message(r, to)
+                ahead[c["id"]] += m["segments"]
                 m["send_until"] = closes
                 m["lease_owner"] = hand_off.owner(m["channel"], m["slot"]) if hand_off else None
                 messages.append(m)

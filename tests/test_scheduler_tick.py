@@ -274,3 +274,51 @@ def test_a_pool_is_shared_by_throughput() -> None:
     picks = [plan.message({"contact_id": uuid4(), "first_name": "Pat"}, "+14155550100")
              ["sender_id"] for _ in range(2_000)]
     assert 0 < picks.count(slow["id"]) < 60  # expected 20
+
+
+async def test_a_window_closing_soon_takes_only_the_segments_its_senders_can_send(
+        hub: Hub) -> None:
+    """A sender's MPS counts segments: a three-segment text takes three times a one-segment
+    text's turn, so a window that closes in 90 s takes all sixty one-segment texts at 1 MPS
+    but only about thirty three-segment ones; the rest wait for the window to open again
+    instead of being created to be given back (the estimate counted messages before)."""
+    from datetime import timedelta
+
+    from hub.segments import count_segments
+
+    principal = await _principal(hub)
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(hours=1)).time(), (now + timedelta(seconds=90)).time()
+    created = {}
+    for slot, body in ((5010, "Hi {{first_name}}"), (5011, "Hi {{first_name}}, " + "x" * 400)):
+        sa = await actions.do_create_sub_account(hub, principal, {"name": f"w{slot}"})
+        await hub.pool.execute("UPDATE sub_accounts SET slot = $2 WHERE id = $1",
+                               sa["id"], slot)
+        provider = await actions.do_create_provider_account(hub, sa["id"], {
+            "provider": "twilio", "name": "p", "account_id": "AC" + "e" * 32,
+            "secret": "token", "base_url": "http://127.0.0.1:9"})
+        await actions.do_create_sender(hub, sa, {
+            "provider_account_id": provider["id"], "channel": "sms", "kind": "long_code",
+            "address": f"+1212{next(_numbers)}", "mps": 1})
+        await hub.pool.execute(
+            """INSERT INTO contacts (sub_account_id, phone, first_name, timezone, tags)
+               SELECT $1, '+1415' || (7000000 + i + $2 * 100)::text, 'Pat', 'Etc/GMT',
+                      ARRAY['all']
+               FROM generate_series(1, 60) AS i""", sa["id"], slot)
+        c = await campaign_actions.do_create_campaign(hub, sa, {
+            "name": "c", "channel": "sms", "audience": {"tags_any": ["all"]}, "body": body,
+            "window_start": start, "window_end": end, "failure_threshold": 0.5})
+        await campaign_actions.do_launch_campaign(hub, sa, c["id"])
+        core = SchedulerCore(f"scheduler:test{slot}", (slot,), hub.pool, hub.redis)
+        await core.tick()
+        segments = count_segments(body.replace("{{first_name}}", "Pat")).segments
+        made = await hub.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE campaign_id = $1", c["id"])
+        waiting = await hub.pool.fetchval(
+            """SELECT count(*) FROM campaign_recipients WHERE campaign_id = $1
+                 AND status = 'pending' AND due_at > now() + interval '1 hour'""",
+            c["id"])
+        created[segments] = (made, waiting)
+    assert created[1] == (60, 0), created
+    made, waiting = created[3]
+    assert 25 <= made <= 30 and made + waiting == 60, created

@@ -146,16 +146,16 @@ TICK_COLS = (
 async def active_for_slots(conn: Conn, slots: list[int], claim_batch: int, *,
                            idle_too: bool) -> list[Row]:
     """The live campaigns of the slots, one statement for all: each with its backlog
-    (messages queued or sending), the recipients due now (counted up to `claim_batch`) and
-    whether any recipient is pending. Without `idle_too`, running campaigns that only wait
-    for their recipients' windows (nothing queued, sending or due, but some pending) are
-    left out."""
+    (messages queued or sending) and what it costs the rate limits (`backlog_cost`: a
+    text's segments, one for anything else), the recipients due now (counted up to
+    `claim_batch`) and whether any recipient is pending. Without `idle_too`, running
+    campaigns that only wait for their recipients' windows (nothing queued, sending or
+    due, but some pending) are left out."""
     rows = await conn.fetch(
         f"""SELECT * FROM (
                 SELECT {', '.join('c.' + c.strip() for c in TICK_COLS.split(','))},
                        s.timezone AS sa_timezone, s.slot,
-                       (SELECT count(*) FROM messages m WHERE m.campaign_id = c.id
-                          AND m.status IN ('queued', 'sending')) AS backlog,
+                       b.backlog, b.backlog_cost,
                        (SELECT count(*) FROM (
                            SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id
                              AND r.status = 'pending' AND r.due_at <= now()
@@ -163,6 +163,11 @@ async def active_for_slots(conn: Conn, slots: list[int], claim_batch: int, *,
                        EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.campaign_id = c.id
                                  AND r.status = 'pending') AS pending_left
                 FROM campaigns c JOIN sub_accounts s ON s.id = c.sub_account_id
+                CROSS JOIN LATERAL (
+                    SELECT count(*) AS backlog,
+                           coalesce(sum(greatest(m.segments, 1)), 0)::bigint AS backlog_cost
+                    FROM messages m WHERE m.campaign_id = c.id
+                      AND m.status IN ('queued', 'sending')) b
                 WHERE c.status IN ('scheduled', 'running') AND s.slot = ANY($1::int[])) a
             WHERE $3 OR status = 'scheduled' OR backlog > 0 OR due > 0 OR NOT pending_left""",
         slots, claim_batch, idle_too,
