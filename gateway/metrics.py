@@ -28,23 +28,32 @@ from hub.store import queues
 log = logging.getLogger(__name__)
 
 CHANNELS = ("sms", "mms", "email", "voice")
-#: A scrape must answer even when PostgreSQL does not: the gauges keep their last values.
+#: A scrape must answer even when PostgreSQL does not: the queue gauges keep their last
+#: values then, and `hub_database_up` says they are stale.
 REFRESH_TIMEOUT_S = 2.0
 
 QUEUE_DEPTH = Gauge("hub_queue_depth", "messages queued in PostgreSQL, by channel",
                     ["channel"])
 QUEUE_OLDEST_AGE = Gauge("hub_queue_oldest_age_seconds",
                          "age of the oldest queued message, by channel", ["channel"])
+DATABASE_UP = Gauge("hub_database_up",
+                    "1 when this replica read PostgreSQL at the latest scrape, else 0 (the "
+                    "queue gauges then keep their last values)")
 
 
 async def refresh(hub: Hub) -> None:
-    """Read the queue's figures now; on a slow or absent database keep the last ones."""
+    """Read the queue's figures now; on a slow or absent database keep the last ones and
+    say so: a frozen `hub_queue_oldest_age_seconds` would otherwise hide a queue that no
+    longer moves (alerts.yml: SwitchboardDatabaseDown)."""
     try:
         async with asyncio.timeout(REFRESH_TIMEOUT_S):
             stats = await queues.queue_stats(hub.pool)
     except Exception as exc:  # /metrics must answer; /readyz reports the database
-        log.warning("queue gauges not refreshed", extra={"error": type(exc).__name__})
+        DATABASE_UP.set(0)
+        log.warning("queue gauges not refreshed: PostgreSQL did not answer",
+                    extra={"error": type(exc).__name__})
         return
+    DATABASE_UP.set(1)
     for channel in CHANNELS:
         depth, oldest = stats.get(channel, (0, 0.0))
         QUEUE_DEPTH.labels(channel).set(depth)

@@ -122,3 +122,30 @@ async def test_postgres_away_is_a_503_with_retry_after_then_served_again(
         r = await client.post(path, headers={**auth(tenant.sa1_key), "Idempotency-Key": "k1"},
                               json={"phone": "+14155550142"})
         assert r.status_code == 201, r.text  # the refused write left nothing behind
+
+
+def _database_up(exposition: str) -> float:
+    return next(float(line.split()[1]) for line in exposition.splitlines()
+                if line.startswith("hub_database_up "))
+
+
+async def test_metrics_say_the_queue_gauges_are_stale_while_postgres_is_away(
+    outage: tuple[str, Relay]
+) -> None:
+    """/metrics still answers without PostgreSQL, keeping the queue gauges' last reading;
+    `hub_database_up` turns 0 so that an alert fires instead of a frozen queue age."""
+    url, relay = outage
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        r = await client.get("/metrics")
+        assert r.status_code == 200 and _database_up(r.text) == 1
+        assert 'hub_queue_depth{channel="sms"}' in r.text
+        await relay.cut()
+        r = await client.get("/metrics")
+        assert r.status_code == 200 and _database_up(r.text) == 0
+        assert 'hub_queue_depth{channel="sms"}' in r.text  # the last reading, kept
+        await relay.start()
+        for _ in range(100):
+            if _database_up((await client.get("/metrics")).text) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert _database_up((await client.get("/metrics")).text) == 1
