@@ -117,8 +117,15 @@ async def test_list_search_tags_paging_and_one_contact(
     assert names((await marketer.http.get(url, params={"q": "zed"})).text) == ["Zed"]
     assert names((await marketer.http.get(url, params={"q": "(212) 555-0142"})).text) == ["Mia"]
     assert names((await marketer.http.get(url, params={"q": "noor@"})).text) == ["Noor"]
-    vips = names((await marketer.http.get(url, params={"tag": "vip"})).text)
+    r = await marketer.http.get(url, params={"tag": "vip"})
+    vips = names(r.text)
     assert vips[0] == "Zed" and len(vips) == 1 + SEEDED // 5
+    # The count says how many match, beside how many there are.
+    assert f'data-testid="match-count">{1 + SEEDED // 5}<' in r.text
+    assert f'data-testid="contact-count">{SEEDED + 3}<' in r.text
+    r = await marketer.http.get(url, params={"q": "zed"})
+    assert 'data-testid="match-count">1<' in r.text
+    assert 'data-testid="match-count"' not in page.text  # unfiltered: the total alone
     r = await marketer.http.get(url, params={"q": "nobody", "tag": "gold"})
     assert names(r.text) == [] and "No contact matches “nobody” with the tag “gold”" in r.text
     assert_page(await marketer.http.get(url, params={"cursor": "garbage"}), 422,

@@ -82,7 +82,8 @@ async def _list_ctx(hub: Hub, access: Access, q: str, tag: str, cursor: str) -> 
                                          cursor=decode_cursor(cursor or None), limit=PAGE_SIZE)
     page = make_page(rows, PAGE_SIZE)
     await _decorate(hub, access, page.data)
-    return {"contacts": page.data, "next_cursor": page.next_cursor, "q": q, "tag": tag}
+    return {"contacts": page.data, "next_cursor": page.next_cursor, "q": q, "tag": tag,
+            "phone": phone}
 
 
 @router.get("/sa/{sa}/contacts")
@@ -91,11 +92,14 @@ async def contacts(request: Request, access: AccessDep, q: Search = "", tag: Tag
     hub = _hub(request)
     ctx = await _list_ctx(hub, access, q, tag, cursor)
     total = await contact_store.count(hub.pool, access.sa_id)
+    matching = (await contact_store.count(hub.pool, access.sa_id, tag=ctx["tag"] or None,
+                                          q=ctx["q"] or None, phone=ctx["phone"])
+                if ctx["q"] or ctx["tag"] else None)
     tags = await audience_store.tags(hub.pool, access.sa_id)
     imp = await _import_ctx(hub, access, import_id) if import_id else None
     return render(request, "contacts.html", access=access, section="contacts", total=total,
-                  tags=tags, can_import=access.can(*MARKETING), paged=bool(cursor),
-                  imp=imp, **ctx)
+                  matching=matching, tags=tags, can_import=access.can(*MARKETING),
+                  paged=bool(cursor), imp=imp, **ctx)
 
 
 @router.get("/sa/{sa}/contacts/rows")

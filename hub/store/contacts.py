@@ -63,22 +63,30 @@ async def delete(conn: Conn, sub_account_id: UUID, id_: UUID) -> bool:
     return status.endswith(" 1")
 
 
+#: The contacts of sub-account $1 with tag $2 (if any) that match $3 (if any): their email
+#: starts with it or their name holds it, or their phone holds $4.
+_MATCHING = """sub_account_id = $1
+              AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
+              AND ($3::text IS NULL OR phone LIKE '%' || $4::text || '%'
+                   OR email_key LIKE lower($3) || '%'
+                   OR lower(first_name || ' ' || last_name) LIKE '%' || lower($3) || '%')"""
+
+
+def _matching_args(sub_account_id: UUID, tag: str | None, q: str | None,
+                   phone: str | None) -> tuple[Any, ...]:
+    return (sub_account_id, tag, None if q is None else sql.like_literal(q),
+            None if phone is None else sql.like_literal(phone))
+
+
 async def list_page(conn: Conn, sub_account_id: UUID, *, tag: str | None, q: str | None,
                     cursor: Cursor | None, limit: int, phone: str | None = None) -> list[Row]:
     """Newest first; with `q`, the contacts whose email starts with it or whose name holds
     it, or whose phone holds `phone` (hub.contacts.phone_search of it)."""
     cond, args = keyset_clause(cursor, 5)
     rows = await conn.fetch(
-        f"""SELECT {CONTACT_COLS} FROM contacts
-            WHERE sub_account_id = $1
-              AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
-              AND ($3::text IS NULL OR phone LIKE '%' || $4::text || '%'
-                   OR email_key LIKE lower($3) || '%'
-                   OR lower(first_name || ' ' || last_name) LIKE '%' || lower($3) || '%')
-              AND {cond}
+        f"""SELECT {CONTACT_COLS} FROM contacts WHERE {_MATCHING} AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",
-        sub_account_id, tag, None if q is None else sql.like_literal(q),
-        None if phone is None else sql.like_literal(phone), *args,
+        *_matching_args(sub_account_id, tag, q, phone), *args,
     )
     return [dict(r) for r in rows]
 
@@ -90,10 +98,11 @@ async def existing_ids(conn: Conn, sub_account_id: UUID, ids: list[UUID]) -> set
     return {r["id"] for r in rows}
 
 
-async def count(conn: Conn, sub_account_id: UUID) -> int:
-    return int(await conn.fetchval(
-        "SELECT count(*) FROM contacts WHERE sub_account_id = $1", sub_account_id
-    ))
+async def count(conn: Conn, sub_account_id: UUID, *, tag: str | None = None,
+                q: str | None = None, phone: str | None = None) -> int:
+    """How many contacts `list_page` pages through with the same filters."""
+    return int(await conn.fetchval(f"SELECT count(*) FROM contacts WHERE {_MATCHING}",
+                                   *_matching_args(sub_account_id, tag, q, phone)))
 
 
 # --- bulk import -----------------------------------------------------------------------
