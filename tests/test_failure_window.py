@@ -8,6 +8,7 @@ touches the campaign, and the test plays the sender and the receipts in SQL."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import time
 from typing import Any
 
@@ -42,6 +43,16 @@ async def _running_campaign(hub: Hub, slot: int, n: int) -> dict[str, Any]:
     return c
 
 
+def _scheduler(slot: int, hub: Hub) -> SchedulerCore:
+    """A SchedulerCore that counts and judges the campaign at every tick. Its clock moves a
+    second per reading: counting is spaced by the campaign's size (`_counts_due`), and two
+    ticks a few milliseconds apart on a quick machine would otherwise skip the count."""
+    seconds = itertools.count()
+    return SchedulerCore(f"scheduler:test{slot}", (slot,), hub.pool, hub.redis,
+                         progress_every_s=0.0, full_every_s=0.0,
+                         clock=lambda: float(next(seconds)))
+
+
 async def _settle(hub: Hub, campaign_id: Any, status: str, rows: range) -> None:
     """Messages `rows` (in the order they were sent) take `status`, as a receipt would."""
     await hub.pool.execute(
@@ -61,8 +72,7 @@ async def _status(hub: Hub, campaign_id: Any) -> tuple[str, str | None]:
 
 async def test_late_receipts_count_against_their_own_messages(hub: Hub) -> None:
     c = await _running_campaign(hub, 9_106, 400)
-    core = SchedulerCore("scheduler:test9106", (9_106,), hub.pool, hub.redis,
-                         progress_every_s=0.0, full_every_s=0.0)
+    core = _scheduler(9_106, hub)
     assert await core.tick() == 400  # the closed-window contact waits
     # The carrier takes all 400, in order, a millisecond apart.
     await hub.pool.execute(
@@ -92,8 +102,7 @@ async def test_late_receipts_count_against_their_own_messages(hub: Hub) -> None:
 
 async def test_a_resumed_run_is_judged_on_its_own_messages(hub: Hub) -> None:
     c = await _running_campaign(hub, 9_107, 300)
-    core = SchedulerCore("scheduler:test9107", (9_107,), hub.pool, hub.redis,
-                         progress_every_s=0.0, full_every_s=0.0)
+    core = _scheduler(9_107, hub)
     await core.tick()
     # Sent before the run that is judged began: an older run's failures are history.
     await hub.pool.execute(
