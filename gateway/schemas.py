@@ -458,11 +458,55 @@ class CampaignIn(Input):
     @field_validator("start_at")
     @classmethod
     def _within_a_year(cls, value: datetime | None) -> datetime | None:
-        """A later start is a typo (the year 9999), and nothing could be projected for it."""
-        latest = datetime.now(UTC) + timedelta(days=366)
-        if value is not None and (value if value.tzinfo else value.replace(tzinfo=UTC)) > latest:
-            raise PydanticCustomError("too_far_ahead", "at most a year ahead")
+        return _not_too_far_ahead(value)
+
+
+def _not_too_far_ahead(value: datetime | None) -> datetime | None:
+    """A later start is a typo (the year 9999), and nothing could be projected for it."""
+    latest = datetime.now(UTC) + timedelta(days=366)
+    if value is not None and (value if value.tzinfo else value.replace(tzinfo=UTC)) > latest:
+        raise PydanticCustomError("too_far_ahead", "at most a year ahead")
+    return value
+
+
+class CampaignPatch(Input):
+    """A change to a campaign: the fields given replace the stored ones whole (an audience
+    or a voice script is not merged key by key); fields left out stay. A draft takes any
+    field of the create; a launched campaign only `name`."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    channel: Literal["sms", "mms", "email", "voice"] | None = None
+    audience: dict[str, Any] | None = None
+    template_id: UUID | None = Field(
+        None, description="a saved template of the campaign's channel: its body, subject and "
+                          "media replace the campaign's unless given here")
+    body: str | None = Field(None, max_length=100_000)
+    subject: str | None = Field(None, max_length=998)
+    html: str | None = Field(None, max_length=500_000)
+    media_urls: list[HttpUrl] | None = Field(None, max_length=10)
+    voice: VoiceIn | None = None
+    sender_ids: list[UUID] | None = Field(
+        None, max_length=1000, description="sender pool; an empty list: all of the channel's "
+                                           "(also the default when the channel changes)")
+    start_at: datetime | None = None
+    window_start: time | None = Field(None, description="null: the sub-account's default")
+    window_end: time | None = Field(None, description="null: the sub-account's default")
+    rate_cap: float | None = Field(None, gt=0, le=100_000)
+    failure_threshold: float | None = Field(None, gt=0, le=1)
+
+    @field_validator("name", "channel", "audience", "sender_ids", "failure_threshold")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        """Left out keeps a field; null would empty one a campaign cannot be without (the
+        others may be cleared, as if left out of the create)."""
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep it")
         return value
+
+    @field_validator("start_at")
+    @classmethod
+    def _within_a_year(cls, value: datetime | None) -> datetime | None:
+        return _not_too_far_ahead(value)
 
 
 class CampaignOut(Output):

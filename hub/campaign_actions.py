@@ -1,4 +1,4 @@
-"""Campaign writers (create, launch, pause, resume, cancel) and readers (stats, dry run).
+"""Campaign writers (create, edit, launch, pause, resume, cancel) and readers (stats, dry run).
 
 Launch materialises the audience into recipient rows in one INSERT … SELECT (unique per
 campaign and contact; contacts without an address or suppressed are recorded as skipped
@@ -54,11 +54,24 @@ async def _check_contact_ids(conn: Any, sa_id: UUID, ids: list[UUID]) -> None:
 
 
 async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
+    async with hub.transaction() as tx:
+        row = await store.insert(tx.conn, sa["id"], await _checked(tx.conn, sa, data))
+        tx.emit(sa["id"], "campaign.created", snapshot(row), f"campaign:{row['id']}")
+    return row
+
+
+async def _checked(conn: Any, sa: Row, data: Row) -> Row:
+    """The columns of a campaign made of `data` (a create's fields, or a draft's merged
+    with an edit), or ValidationFailed naming the bad field: the audience and its contact
+    ids, the window, the template, content valid for the channel, senders of the channel.
+    The senders are locked FOR SHARE in the caller's transaction: one being deleted now is
+    either gone here or sees this campaign (do_delete_sender refuses to delete a sender
+    that a campaign still uses)."""
     audience = parse_audience(data["audience"])
     window = campaign_window(data.get("window_start"), data.get("window_end"), sa)
     channel = data["channel"]
     if data.get("template_id") is not None:
-        data = await _from_template(hub, sa, data)
+        data = await _from_template(conn, sa, data)
     voice = data.get("voice") or {}
     media = [str(u) for u in data.get("media_urls") or []]
     check_content(channel, data.get("body") or "", data.get("subject"), media,
@@ -67,41 +80,92 @@ async def do_create_campaign(hub: Hub, sa: Row, data: Row) -> Row:
                   voice=voice)
     script = voice_script(data.get("body") or "", media, voice) if channel == "voice" else None
     sender_ids: list[UUID] = list(data.get("sender_ids") or [])
+    rows = await conn.fetch(
+        "SELECT id FROM senders WHERE sub_account_id = $1 AND channel = $2 "
+        "AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) ORDER BY id FOR SHARE",
+        sa["id"], SENDER_CHANNEL[channel], sender_ids or None)
+    found = [r["id"] for r in rows]
+    if sender_ids and set(found) != set(sender_ids):
+        missing = sorted(str(s) for s in set(sender_ids) - set(found))
+        raise ValidationFailed.field("sender_ids", f"not {SENDER_CHANNEL[channel]} senders "
+                                     f"of this sub-account: {', '.join(missing)}", "not_found")
+    if not found:
+        raise ValidationFailed.field("sender_ids", f"this sub-account has no "
+                                     f"{SENDER_CHANNEL[channel]} sender; add one first",
+                                     "no_sender")
+    await _check_contact_ids(conn, sa["id"], list(audience.contact_ids))
+    return {
+        "name": data["name"], "channel": channel, "audience": audience.to_json(),
+        "body": data.get("body") or "", "subject": data.get("subject"),
+        "html": data.get("html"), "media_urls": media, "voice": script,
+        "sender_ids": found, "start_at": data.get("start_at"),
+        "window_start": window.start, "window_end": window.end,
+        "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
+    }
+
+
+async def do_update_campaign(hub: Hub, sa: Row, id_: UUID, changes: Row) -> Row:
+    """Edits a draft: `changes` (fields of the create) replace the stored ones, and the
+    campaign as changed is checked as a create is. A launched campaign keeps what it sends
+    and to whom; only its name, a label, may change. The row is locked, so an edit racing a
+    launch lands wholly before it (the launch sends the edit) or is refused after it."""
     async with hub.transaction() as tx:
-        # FOR SHARE: a sender being deleted now is either gone here or sees this campaign
-        # (do_delete_sender refuses to delete a sender that a campaign still uses).
-        rows = await tx.conn.fetch(
-            "SELECT id FROM senders WHERE sub_account_id = $1 AND channel = $2 "
-            "AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) ORDER BY id FOR SHARE",
-            sa["id"], SENDER_CHANNEL[channel], sender_ids or None)
-        found = [r["id"] for r in rows]
-        if sender_ids and set(found) != set(sender_ids):
-            missing = sorted(str(s) for s in set(sender_ids) - set(found))
-            raise ValidationFailed.field("sender_ids", f"not {SENDER_CHANNEL[channel]} senders "
-                                         f"of this sub-account: {', '.join(missing)}",
-                                         "not_found")
-        if not found:
-            raise ValidationFailed.field("sender_ids", f"this sub-account has no "
-                                         f"{SENDER_CHANNEL[channel]} sender; add one first",
-                                         "no_sender")
-        await _check_contact_ids(tx.conn, sa["id"], list(audience.contact_ids))
-        fields = {
-            "name": data["name"], "channel": channel, "audience": audience.to_json(),
-            "body": data.get("body") or "", "subject": data.get("subject"),
-            "html": data.get("html"), "media_urls": media, "voice": script,
-            "sender_ids": found, "start_at": data.get("start_at"),
-            "window_start": window.start, "window_end": window.end,
-            "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
-        }
-        row = await store.insert(tx.conn, sa["id"], fields)
-        tx.emit(sa["id"], "campaign.created", snapshot(row), f"campaign:{row['id']}")
+        c = await _locked(tx, sa["id"], id_)
+        if not changes:
+            return c
+        if c["status"] != "draft":
+            refused = [f for f in changes if f != "name"]
+            if refused:
+                raise Conflict(
+                    f"a {c['status']} campaign sends what it was launched with, so only its "
+                    f"name can change, not its {', '.join(refused)}; duplicate it to send an "
+                    "edited copy", code="campaign_not_draft",
+                    errors=[FieldError(f, "only a draft's can change", "not_draft")
+                            for f in refused])
+            fields = {k: v for k, v in changes.items() if k == "name"}
+        else:
+            fields = await _checked(tx.conn, sa, await _edited(tx.conn, sa, c, changes))
+        row = await store.update(tx.conn, sa["id"], id_, fields)
+        tx.emit(sa["id"], "campaign.updated", snapshot(row), f"campaign:{id_}")
     return row
 
 
-async def _from_template(hub: Hub, sa: Row, data: Row) -> Row:
+#: What a draft stores of the create's fields (a template's text is copied in, not named).
+_FIELDS = ("name", "channel", "audience", "body", "subject", "html", "media_urls", "voice",
+           "sender_ids", "start_at", "window_start", "window_end", "rate_cap",
+           "failure_threshold")
+
+
+async def _edited(conn: Any, sa: Row, c: Row, changes: Row) -> Row:
+    """The create's data for draft `c` with `changes` applied. What the draft stores
+    resolved goes back as it would be given: the call script without the words and audio
+    it took from the body and media (so an edited body is what the call then says); the
+    sender pool without senders deleted since, or empty (every sender of the channel) when
+    the channel changes to one the pool cannot send on. A template in `changes` supplies
+    the body, subject and media not given beside it, as at create."""
+    data = {f: c[f] for f in _FIELDS}
+    voice = dict(c["voice"] or {})
+    if voice.get("say") == c["body"]:
+        voice["say"] = None
+    if c["media_urls"] and voice.get("play_url") == c["media_urls"][0]:
+        voice["play_url"] = None
+    data["voice"] = voice or None
+    channel: str = changes.get("channel") or c["channel"]
+    if SENDER_CHANNEL[channel] != SENDER_CHANNEL[c["channel"]]:
+        data["sender_ids"] = []
+    else:
+        data["sender_ids"] = [r["id"] for r in await conn.fetch(
+            "SELECT id FROM senders WHERE id = ANY($1::uuid[]) AND sub_account_id = $2",
+            c["sender_ids"], sa["id"])]
+    if changes.get("template_id") is not None:
+        data.update(body=None, subject=None, media_urls=None)
+    return data | changes
+
+
+async def _from_template(conn: Any, sa: Row, data: Row) -> Row:
     """`data` with the saved template's text where none is given (copied: a later edit of
     the template does not change the campaign)."""
-    template = await template_store.get(hub.pool, sa["id"], data["template_id"])
+    template = await template_store.get(conn, sa["id"], data["template_id"])
     if template is None:
         raise ValidationFailed.field("template_id", "no such template in this sub-account",
                                      "not_found")

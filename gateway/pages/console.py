@@ -42,6 +42,8 @@ OUTCOMES = [
     ("skipped", ("skipped", "canceled"), "Skipped"),
 ]
 Text = Annotated[str, Query(max_length=2000)]
+#: The channels the campaign form has inputs for (a call's script is set through the API).
+EDITABLE_CHANNELS = ("sms", "mms", "email")
 
 
 def _hub(request: Request) -> Hub:
@@ -190,6 +192,55 @@ async def compose_check(request: Request, access: AccessDep, body: Text = "",
         warnings.append("Starts now: the start date is in the past.")
     return render(request, "_compose_check.html", error="", check=check, info=info,
                   label=contact_label(sample) if sample else "a contact", warnings=warnings)
+
+
+def form_values(c: dict[str, Any]) -> dict[str, Any]:
+    """What the campaign form shows for draft `c`, by input name. `audience_editable` says
+    whether the audience step can show the campaign's audience: one made through the API
+    with contact ids, or filters the form does not build, is kept as it is instead (the
+    step's inputs would send a different one)."""
+    a = c["audience"]
+    values: dict[str, Any] = {f: ", ".join(a.get(f) or []) for f in
+                              ("tags_any", "tags_all", "exclude_tags")}
+    values |= {"regions": "", "timezones": [], "custom_field": "", "custom_value": ""}
+    for f in a.get("filters") or []:
+        listed = f["value"] if isinstance(f["value"], list) else [f["value"]]
+        if f["field"] == "phone_region":
+            values["regions"] = ", ".join(listed)
+        elif f["field"] == "timezone":
+            values["timezones"] = listed
+        elif f["field"].startswith("custom."):
+            values["custom_field"] = f["field"].removeprefix("custom.")
+            values["custom_value"] = "" if f["op"] == "exists" else ", ".join(map(str, listed))
+    try:
+        spec = audience_spec(**values)
+        values["audience_editable"] = parse_audience(spec).to_json() == \
+            parse_audience(a).to_json()
+    except HubError:
+        values["audience_editable"] = False
+    return values | {"media_urls": "\n".join(c["media_urls"]),
+                     "sender_ids": {str(i) for i in c["sender_ids"]}}
+
+
+@router.get("/sa/{sa}/campaigns/{campaign_id}/edit")
+async def edit_campaign(request: Request, access: AccessDep,
+                        campaign_id: UUID) -> HTMLResponse:
+    """The campaign form, filled in with a draft's fields; it saves with PATCH."""
+    require(access, *MARKETING)
+    hub = _hub(request)
+    c = await campaign_actions.get_campaign(hub, access.sa_id, campaign_id)
+    if c["status"] != "draft" or c["channel"] not in EDITABLE_CHANNELS:
+        raise PageDenied(409, "Not editable here",
+                         "Only a draft text or email campaign is edited here; once launched "
+                         "a campaign sends what it was launched with: duplicate it instead.")
+    senders = await tenants.list_senders(hub.pool, access.sa_id, None, None, 200)
+    tags = await audience_store.tags(hub.pool, access.sa_id)
+    form = form_values(c)
+    # The draft's zones stay choosable even if no contact is in them any more.
+    zones = sorted(set(await audience_store.timezones(hub.pool, access.sa_id))
+                   | set(form["timezones"]))
+    return render(request, "campaign_new.html", access=access, senders=senders[:200],
+                  tags=tags, zones=zones, section="campaigns", c=c, form=form)
 
 
 @router.get("/sa/{sa}/campaigns/{campaign_id}")

@@ -1,5 +1,5 @@
-"""Campaigns: create, launch / pause / resume / cancel (an invalid transition is 409), live
-stats with an ETA, recipients by status, and a dry run of the timeline."""
+"""Campaigns: create, edit a draft, launch / pause / resume / cancel (an invalid transition
+is 409), live stats with an ETA, recipients by status, and a dry run of the timeline."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gateway.deps import HubDep, IdempotencyKey, PageDep, PrincipalDep, SubAccou
 from gateway.schemas import (
     CampaignIn,
     CampaignOut,
+    CampaignPatch,
     CampaignStats,
     DryRunOut,
     Page,
@@ -72,6 +73,17 @@ async def create_campaign(hub: HubDep, principal: PrincipalDep, sub_account: Sub
 async def get_campaign(hub: HubDep, sub_account: SubAccountDep,
                        campaign_id: UUID) -> CampaignOut:
     return _out(await actions.get_campaign(hub, sub_account["id"], campaign_id))
+
+
+@router.patch("/{campaign_id}", response_model=CampaignOut)
+async def update_campaign(hub: HubDep, sub_account: SubAccountDep, campaign_id: UUID,
+                          body: CampaignPatch) -> CampaignOut:
+    """Edits a draft (fields left out stay; the result is checked as a create is); of a
+    launched campaign only the name may change (anything else is 409: duplicate it)."""
+    changes = body.model_dump(mode="python", exclude_unset=True)
+    if "voice" in changes:
+        changes["voice"] = body.voice.model_dump(mode="json") if body.voice else None
+    return _out(await actions.do_update_campaign(hub, sub_account, campaign_id, changes))
 
 
 @router.delete("/{campaign_id}", status_code=204)

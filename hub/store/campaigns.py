@@ -28,6 +28,12 @@ async def insert(conn: Conn, sub_account_id: UUID, fields: Row) -> Row:
     return dict(await conn.fetchrow(query, *args))
 
 
+async def update(conn: Conn, sub_account_id: UUID, id_: UUID, fields: Row) -> Row:
+    query, args = sql.update("campaigns", {"id": id_, "sub_account_id": sub_account_id},
+                             fields, COLS)
+    return dict(await conn.fetchrow(query, *args))
+
+
 async def get(conn: Conn, sub_account_id: UUID, id_: UUID, *, lock: bool = False) -> Row | None:
     row = await conn.fetchrow(
         f"SELECT {COLS} FROM campaigns WHERE id = $1 AND sub_account_id = $2"
