@@ -413,8 +413,9 @@ class SchedulerCore:
             written = await self._updated(conn, [row])
         await events.publish(self.redis, written)
         self._forget(c["id"])
-        log.warning("campaign paused automatically", extra={"campaign_id": str(c["id"]),
-                                                             "reason": reason})
+        log.warning("campaign paused automatically", extra={
+            "sub_account_id": str(c["sub_account_id"]), "campaign_id": str(c["id"]),
+            "reason": reason})
 
     async def _start(self, campaigns: list[dict[str, Any]]) -> None:
         """Scheduled campaigns whose start time came begin running."""

@@ -46,6 +46,7 @@ from channels.base import (
     SendResult,
     VoiceScript,
 )
+from channels.error_hints import hint_for
 from hub import events
 from hub.campaigns import transition
 from hub.compliance import unsubscribe_url
@@ -56,6 +57,34 @@ from hub.store import campaigns as campaign_store
 from hub.store import sending as store
 
 log = logging.getLogger(__name__)
+
+
+#: Refusals the operator can act on (an account's setup, a provider's policy or outage);
+#: a bad or opted-out recipient is recorded on its message and is its sender's business.
+_OPERATOR_KINDS = (ErrorKind.CONFIG_INVALID, ErrorKind.REJECTED, ErrorKind.IN_DOUBT)
+
+
+def _log_refused(results: list[tuple[Mapping[str, Any], SendResult]]) -> None:
+    """One warning per sub-account, campaign, provider and error code of a batch, with
+    what to do where the code says it. No addresses, bodies or credentials."""
+    groups: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for row, res in results:
+        err = res.error
+        if err is not None and err.kind in _OPERATOR_KINDS:
+            groups[(row["sub_account_id"], row["campaign_id"], row["provider"], err.kind,
+                    err.provider_code, err.message[:200])].append(str(row["id"]))
+    for (sa, campaign, provider, kind, code, message), ids in groups.items():
+        given_back = kind == ErrorKind.CONFIG_INVALID and campaign is not None
+        log.warning("the provider refused sends", extra={
+            "sub_account_id": str(sa),
+            **({"campaign_id": str(campaign)} if campaign is not None else {}),
+            **({"message_id": ids[0]} if len(ids) == 1 else {}), "count": len(ids),
+            "provider": provider, "code": code or kind.value, "kind": kind.value,
+            "error": message,
+            "outcome": "given back to the paused campaign" if given_back else (
+                "in doubt; the reconciler asks the provider" if kind == ErrorKind.IN_DOUBT
+                else "failed"),
+            **({"hint": h} if (h := hint_for(provider, code, kind)) else {})})
 
 
 @dataclass(frozen=True)
@@ -501,7 +530,9 @@ class SenderCore:
         await events.publish(self.redis, written)
         for c in paused:
             log.warning("campaign paused automatically", extra={
-                "campaign_id": str(c["id"]), "reason": c["paused_reason"]})
+                "sub_account_id": str(c["sub_account_id"]), "campaign_id": str(c["id"]),
+                "reason": c["paused_reason"]})
+        _log_refused(results)
         self.lanes.complete(done + [str(i) for i in back])
         for item, delay in retries:
             self.lanes.retry(item, delay, now)

@@ -17,6 +17,7 @@ class _Shell:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self._started: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
 
     async def _ensure(self) -> None:
         if self._started is None:
@@ -25,6 +26,16 @@ class _Shell:
 
     async def _start(self) -> None:
         raise NotImplementedError
+
+    async def _open(self) -> tuple[Any, Any, Any]:
+        """Logging first (INFO to Ray's worker log file, warnings also relayed to the hub's
+        log: `actors/log_relay.py`), then the pool, Redis and the secret box."""
+        from actors import log_relay
+
+        setup_logging(self.spec.get("log_level", "INFO"))
+        pool, redis, box = await _open(self.spec)
+        self._relay = log_relay.install(redis, self.spec.get("owner", "supervisor"))
+        return pool, redis, box
 
     async def ping(self) -> str:
         await self._ensure()
@@ -101,8 +112,7 @@ class SenderShell(_Shell):
     async def _start(self) -> None:
         from actors.sender import SenderConfig, SenderCore
 
-        setup_logging(self.spec.get("log_level", "INFO"))
-        pool, redis, box = await _open(self.spec)
+        pool, redis, box = await self._open()
         channels = tuple(self.spec["channels"])
         config = SenderConfig(owner=self.spec["owner"], channels=channels,
                               slots=tuple(self.spec["slots"]),
@@ -175,8 +185,7 @@ class SchedulerShell(_Shell):
     async def _start(self) -> None:
         from actors.scheduler import SchedulerCore
 
-        setup_logging(self.spec.get("log_level", "INFO"))
-        pool, redis, _ = await _open(self.spec)
+        pool, redis, _ = await self._open()
         shards = self.spec.get("sender_shards")
         self.core = SchedulerCore(self.spec["owner"], tuple(self.spec["slots"]), pool, redis,
                                   lease_s=self.spec.get("lease_s", 60.0),
@@ -203,8 +212,7 @@ class SupervisorShell(_Shell):
     async def _start(self) -> None:
         from actors.supervisor import Supervisor
 
-        setup_logging(self.spec.get("log_level", "INFO"))
-        pool, redis, box = await _open(self.spec)
+        pool, redis, box = await self._open()
         self.core = Supervisor(self.spec, pool, redis, box, _metrics())
         await self.core.create_shards()
         self._stop_event = asyncio.Event()

@@ -39,7 +39,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from yarl import URL
 
-from channels.base import ErrorKind, ProviderCredentials, SendError, SendResult
+from channels.base import ProviderCredentials, SendError, SendResult
 from channels.http_post import Endpoint, PostPool
 from channels.twilio_errors import error_from_exception, error_from_response
 
@@ -217,17 +217,16 @@ def basic_auth(user: str, secret: str) -> str:
 
 
 def log_outcomes(channel: str, results: Sequence[SendResult]) -> None:
-    """One line per batch, not per message: a wrong token on a 100k campaign is one
-    warning. Message ids only; never numbers or credentials."""
+    """One INFO line per batch, not per message. Message ids only; never numbers or
+    credentials. The operator's warning for a refusal is the Sender shard's, which names
+    the sub-account and campaign (actors/sender.py); this is the adapter's detail."""
     failed = [r for r in results if r.error is not None]
     if not failed:
         log.debug("twilio %s: %d accepted", channel, len(results))
         return
     kinds = Counter(r.error.kind.value for r in failed if r.error is not None)
-    serious = {ErrorKind.CONFIG_INVALID.value, ErrorKind.IN_DOUBT.value} & set(kinds)
     first = failed[0]
     assert first.error is not None
-    log.log(logging.WARNING if serious else logging.INFO,
-            "twilio %s: %d accepted, %d failed %s; e.g. message_id=%s kind=%s code=%s",
+    log.info("twilio %s: %d accepted, %d failed %s; e.g. message_id=%s kind=%s code=%s",
             channel, len(results) - len(failed), len(failed), dict(kinds), first.message_id,
             first.error.kind.value, first.error.provider_code)

@@ -21,14 +21,19 @@ def redact(text: str) -> str:
     return _SECRET_QUERY.sub(r"\1=[redacted]", text)
 
 
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a record carries (its `extra`), without the standard ones."""
+    return {k: v for k, v in record.__dict__.items()
+            if k not in _STANDARD and not k.startswith("_")}
+
+
 class StructuredFormatter(logging.Formatter):
     def __init__(self, as_json: bool) -> None:
         super().__init__()
         self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {k: v for k, v in record.__dict__.items()
-                                  if k not in _STANDARD and not k.startswith("_")}
+        fields = extra_fields(record)
         base = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),

@@ -117,8 +117,10 @@ def create_app(settings: Settings, database_url: str, redis_url: str, *,
         await _resume_imports(hub, jobs)
         app.state.actors = None
         if settings.actors:
+            from actors import log_relay
             from actors.handles import ActorHandles
 
+            jobs.spawn(log_relay.follow(redis_url))  # the actors' warnings in this log
             app.state.actors = await ActorHandles.connect(settings, database_url, redis_url)
         jobs.spawn(_expire_idempotency_keys(hub))
         app.state.feed = feed = realtime.FeedHub(hub, realtime.config_for(app))

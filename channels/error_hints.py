@@ -1,0 +1,43 @@
+"""What an operator should do about a send error, in a few words for the hub's log: by the
+provider's own code where it points at one fix, else by the kind of error. Only account-level
+problems have a hint; a bad recipient is the sender's business, not the operator's."""
+
+from __future__ import annotations
+
+from channels.base import ErrorKind
+
+_TWILIO: dict[str, str] = {
+    "20003": "check the provider account's Account SID and Auth Token in Settings",
+    "20404": "check the provider account's Account SID in Settings (Twilio does not know it)",
+    "20005": "the Twilio account is suspended or closed: see the Twilio console",
+    "30002": "the Twilio account is suspended: see the Twilio console",
+    "21606": "the sender's number is not a message-capable Twilio number of this account: "
+             "check the sender in Settings",
+    "21212": "the sender's number is not valid: check the sender in Settings",
+    "21608": "a Twilio trial account sends only to verified numbers: upgrade the account "
+             "or verify the recipient in the Twilio console",
+    "21408": "the Twilio account may not send to this country: enable it in the Twilio "
+             "console's geo permissions",
+    "30032": "the toll-free number is not verified yet: finish its verification in the "
+             "Twilio console",
+    "30034": "the 10DLC number is not registered to an A2P campaign: register it in the "
+             "Twilio console",
+    "21703": "the Messaging Service has no phone number: add one in the Twilio console",
+    "21704": "the Messaging Service has no phone number: add one in the Twilio console",
+}
+
+_SENDGRID: dict[str, str] = {
+    "401": "check the provider account's SendGrid API key in Settings",
+    "403": "the SendGrid API key lacks the Mail Send permission, or the From address is "
+           "not a verified sender: check both in SendGrid",
+}
+
+_BY_KIND: dict[ErrorKind, str] = {
+    ErrorKind.CONFIG_INVALID: "check the provider account's credentials and the sender in "
+                              "Settings",
+}
+
+
+def hint_for(provider: str, code: str | None, kind: ErrorKind) -> str | None:
+    by_code = {"twilio": _TWILIO, "sendgrid": _SENDGRID}.get(provider, {})
+    return by_code.get(code or "") or _BY_KIND.get(kind)
