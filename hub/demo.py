@@ -185,6 +185,22 @@ class DemoClient:
             f"/v1/sub-accounts/{sa}/campaigns/{c['id']}/launch")
         return launched
 
+    async def cancel_earlier_runs(self, sub_accounts: list[str]) -> int:
+        """Cancel the demo campaigns an earlier run of this folder left live (one stopped
+        mid-run, or still waiting for a time zone's window): launched again beside them,
+        their contacts would get each text twice. Campaigns a user made are left alone."""
+        cancelled = 0
+        names = {f"Demo {channel} campaign" for channel in ("sms", "email")}
+        for sa in sub_accounts:
+            for status in ("scheduled", "running", "paused"):
+                page = await self.get(f"/v1/sub-accounts/{sa}/campaigns", status=status,
+                                      limit=100)
+                for c in page["data"]:
+                    if c["name"] in names:
+                        await self.post(f"/v1/sub-accounts/{sa}/campaigns/{c['id']}/cancel")
+                        cancelled += 1
+        return cancelled
+
     async def follow(self, sa: str, on_event: Any, stop: asyncio.Event) -> None:
         """Follow one sub-account's feed, resuming with `since` after any drop."""
         since: int | None = None
@@ -217,7 +233,7 @@ async def run_demo(settings: Settings, services: Services, console: Console,
     from channels.sandbox import run_carrier_in_thread
     from channels.sandbox_config import CarrierConfig, Latency
     from gateway.app import SERVER_OPTIONS, create_app
-    from hub.cli import write_demo_file
+    from hub.cli import until_started, write_demo_file
     from hub.provider_settings import PUBLIC_KEY
 
     data_dir = settings.data_dir.resolve()
@@ -271,11 +287,7 @@ async def run_demo(settings: Settings, services: Services, console: Console,
         port=settings.port, access_log=False, **SERVER_OPTIONS))
     serving = asyncio.create_task(server.serve())
     with console.status("starting the gateway and the Ray actors…"):
-        while not server.started:
-            if serving.done():
-                await serving
-                raise RuntimeError("the gateway did not start")
-            await asyncio.sleep(0.05)
+        await until_started(server, serving)
     path = write_demo_file(data_dir, {"url": url, "agency_api_key": key,
                                       "carrier_url": carrier.url})
     client = DemoClient(url, key)
@@ -305,6 +317,10 @@ async def run_demo(settings: Settings, services: Services, console: Console,
 
 async def _run_scenario(client: DemoClient, carrier: Any, console: Console) -> None:
     subs = await client.sub_accounts()
+    stale = await client.cancel_earlier_runs([sa["id"] for sa in subs])
+    if stale:
+        console.print(f"cancelled {stale} demo campaign{'s' if stale > 1 else ''} an earlier "
+                      "run left live, so that no contact gets this run's texts twice")
     campaigns: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for sa in subs:
         for channel in ("sms", "email"):
