@@ -62,6 +62,10 @@ async def test_events_are_gapless_and_ordered(api: httpx.AsyncClient, tenant: Te
     other = (await api.get(f"/v1/sub-accounts/{tenant.sa2}/events",
                            headers=auth(tenant.sa2_key))).json()
     assert all(e["event"] != "contact.created" for e in other["data"])
+    # A seq past PostgreSQL's bigint is a 422 naming it, not a 500 (found by review R5).
+    r = await api.get(f"/v1/sub-accounts/{tenant.sa1}/events", headers=h,
+                      params={"after_seq": str(2**63)})
+    assert_problem(r, 422, field="after_seq")
 
 
 async def test_messages_and_conversations_read_with_history(

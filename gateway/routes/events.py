@@ -17,7 +17,8 @@ router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["events"])
 @router.get("/events", response_model=EventsPage)
 async def list_events(
     hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
-    after_seq: Annotated[int, Query(ge=0, description="return events with seq > after_seq")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1,
+                                    description="return events with seq > after_seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventsPage:
     rows = await events.list_after(hub.pool, sub_account["id"], after_seq, limit + 1)
