@@ -28,6 +28,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+import psutil
 from rich.console import Console
 
 from config.settings import Settings
@@ -63,9 +64,9 @@ async def _gather_limited(n: int, coros: list[Any]) -> list[Any]:
 
 class Density:
     def __init__(self, sub_accounts: int, cold: int, concurrency: int,
-                 max_wait: float) -> None:
+                 max_wait: float, settle: float = 0.0) -> None:
         self.n, self.cold, self.concurrency = sub_accounts, cold, concurrency
-        self.max_wait = max_wait
+        self.max_wait, self.settle = max_wait, settle
 
     def run(self, settings: Settings) -> dict[str, Any]:
         data_dir = Path(tempfile.mkdtemp(prefix="hubdensity-"))
@@ -130,8 +131,15 @@ class Density:
             out["per_sub_account_kb"] = {
                 k.removesuffix("_mb"): round((loaded[k] - idle[k]) * 1024 / self.n, 1)
                 for k in loaded}
+            # Launching 10,000 campaigns leaves PostgreSQL checkpointing and vacuuming for a
+            # while: `settle` measures the sends against the live campaigns' steady state.
+            await asyncio.sleep(self.settle)
+            out["settled_s"] = self.settle
+            psutil.cpu_percent(percpu=True)
             out["cold_start"] = await self._cold_start(hub, principal, api, carrier,
                                                        carrier_url)
+            out["cores_busy_during_cold_start"] = round(
+                sum(psutil.cpu_percent(percpu=True)) / 100, 2)
         await hub.close()
         return out
 
@@ -264,6 +272,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-wait", type=float, default=900.0,
                         help="seconds to wait for every sub-account's first message")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait after the first messages before timing sends")
     parser.add_argument("--throughput", action="store_true",
                         help="also campaign throughput on one node vs a two-node cluster")
     parser.add_argument("--recipients", type=int, default=20_000,
@@ -282,7 +292,8 @@ def run(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {}
     if args.sub_accounts:
         result["density"] = Density(args.sub_accounts, args.cold, args.concurrency,
-                                    args.max_wait).run(Settings(log_level="WARNING"))
+                                    args.max_wait, args.settle).run(
+                                        Settings(log_level="WARNING"))
         d = result["density"]
         console.print(f"{d['sub_accounts']:,} sub-accounts, {d['live_campaigns']:,} live "
                       f"campaigns, {d['first_messages_accepted']:,} first messages sent in "
