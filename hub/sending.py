@@ -208,6 +208,12 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
                 errors=[FieldError("to", "suppressed", "recipient_suppressed")])
         sender = _pick_sender(senders, channel, req.get("sender_id"), contact["id"],
                               thread_sender)
+        if channel != "email" and sender["address"] == address:
+            # Carriers refuse a text or call whose To is its From (Twilio 21266).
+            raise ValidationFailed.field(
+                "sender_id" if req.get("sender_id") else "to" if req.get("to") else
+                "contact_id", f"{address} is this sub-account's own sender; a message "
+                "cannot be sent from a number to itself", "own_number")
         row = await conn.fetchrow(
             _PERSIST, sa["id"], contact["id"], channel, priority, sender["id"],
             sender["provider_account_id"], sender["address"], address, req.get("subject"),

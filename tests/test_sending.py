@@ -209,3 +209,19 @@ async def test_claims_take_priority_order_skip_own_leases_and_get_expired_ones_b
     assert await store.release_stale(hub.pool, "shard-a", ["sms"], [slot], own=True) == 5
     again = await store.lease_queued(hub.pool, "shard-a", ["sms"], [slot], 10, 60)
     assert len(again) == 5 and by_priority["reply"][0] not in {r["id"] for r in again}
+
+
+async def test_a_text_to_the_sub_accounts_own_number_is_refused(
+    api: httpx.AsyncClient, tenant: Tenant, carrier: Any, carrier_log: httpx.AsyncClient
+) -> None:
+    """A contact holding the sub-account's own sender number (review R5: an agent's reply
+    went from +12125550100 to +12125550100, which the carrier refuses)."""
+    await setup_sms(api, tenant, carrier.url)
+    h = auth(tenant.sa1_key)
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages",
+                       headers={**h, "Idempotency-Key": "self"},
+                       json={"to": "(212) 555-0100", "body": "hi"})
+    assert_problem(r, 422, "validation_failed", field="to")
+    assert "own sender" in r.json()["errors"][0]["message"]
+    await asyncio.sleep(0.5)
+    assert [q for q in await carrier_requests(carrier_log) if q["to"] == "+12125550100"] == []
