@@ -36,6 +36,45 @@ _HTTP_CODES = {
     429: "rate_limited",
 }
 
+#: The problem document as the OpenAPI schema publishes it (components "Problem" and
+#: "FieldError"): what `problem` writes. Extension members may be added later, so clients
+#: must ignore members they do not know.
+PROBLEM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": {
+        "title": "Problem",
+        "description": "An RFC 9457 problem document (`application/problem+json`). `code` is "
+                       "stable and is what clients branch on; `errors[]` names each field "
+                       "that was refused (always present on 422).",
+        "type": "object",
+        "required": ["type", "title", "status", "detail", "code"],
+        "properties": {
+            "type": {"type": "string", "description": "`urn:switchboard:problem:<code>`",
+                     "examples": ["urn:switchboard:problem:validation_failed"]},
+            "title": {"type": "string", "examples": ["Validation failed"]},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599,
+                       "examples": [422]},
+            "detail": {"type": "string", "description": "what went wrong, in words",
+                       "examples": ["to: must be an E.164 number"]},
+            "code": {"type": "string", "examples": ["validation_failed"]},
+            "instance": {"type": "string", "description": "the request's path",
+                         "examples": ["/v1/sub-accounts/4f0c…/messages"]},
+            "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+        },
+    },
+    "FieldError": {
+        "title": "FieldError",
+        "type": "object",
+        "required": ["field", "message", "code"],
+        "properties": {
+            "field": {"type": "string", "description": "the body field (dotted path), query "
+                      "or path parameter, or header, as the client named it",
+                      "examples": ["to"]},
+            "message": {"type": "string", "examples": ["must be an E.164 number"]},
+            "code": {"type": "string", "examples": ["invalid_phone"]},
+        },
+    },
+}
+
 
 def problem(status: int, code: str, title: str, detail: str, instance: str | None = None,
             errors: list[dict[str, str]] | None = None,

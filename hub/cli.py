@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import typer
@@ -38,10 +38,39 @@ app.add_typer(bench, name="bench")
 console = Console(stderr=True)
 log = logging.getLogger("hub")
 
+#: The environment `hub serve` and `hub demo` read, for their --help (typer shows each
+#: paragraph as a line); every setting is in the README, "Running it for real".
+ENVIRONMENT = """[bold]Environment[/bold] (all settings: README, "Running it for real"):
 
-def _settings() -> Settings:
+  HUB_HOST, HUB_PORT: where the gateway listens (127.0.0.1, 8000); --host/--port win
+
+  HUB_DATA_DIR: where the embedded servers keep their data (./.hub)
+
+  DATABASE_URL, REDIS_URL: external servers instead of the embedded ones
+
+  RAY_ADDRESS: a Ray cluster to join (unset: a private local Ray); HUB_ACTORS=false: none
+
+  HUB_PUBLIC_URL: the URL providers post webhooks to (http://HUB_HOST:HUB_PORT)
+
+  HUB_ENVIRONMENT, HUB_SECRET_KEY: production refuses the development secret
+
+  HUB_CARRIER_PORT: the sandbox carrier's port (8025)
+
+  HUB_LOG_LEVEL, HUB_LOG_JSON: log level (INFO), one JSON object a line (false)"""
+
+Host = Annotated[str | None, typer.Option(
+    "--host", show_default=False, help="interface to listen on (default: HUB_HOST, else "
+    "127.0.0.1)")]
+Port = Annotated[int | None, typer.Option(
+    "--port", min=1, max=65535, show_default=False,
+    help="port to listen on (default: HUB_PORT, else 8000)")]
+
+
+def _settings(host: str | None = None, port: int | None = None) -> Settings:
+    """The settings from the environment; --host and --port, when given, take precedence."""
+    given: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     try:
-        settings = Settings()
+        settings = Settings(**given)
     except ValueError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -116,17 +145,27 @@ async def _serve(settings: Settings, services: Services, metrics_dir: Path,
     applier = asyncio.create_task(_applier(services, metrics_dir))
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("the gateway did not start")
-            await asyncio.sleep(0.05)
+        await until_started(server, task)
         if on_started is not None:
             await on_started()  # type: ignore[operator]
         await task
     finally:
         applier.cancel()
         await asyncio.gather(applier, return_exceptions=True)
+
+
+async def until_started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    """Wait until uvicorn listens (RuntimeError if it stopped first), then give SIGTERM back
+    to uvicorn: `ray.init`, in the app's start-up, replaces uvicorn's handler with Ray's
+    (`sys.exit`), which dropped WebSocket clients without a close frame. With uvicorn's,
+    SIGTERM shuts down as Ctrl-C does: clients closed with 1012, then the signal re-raised
+    into `_stop_on_sigterm`'s handler once the server is down."""
+    while not server.started:
+        if serving.done():
+            await serving
+            raise RuntimeError("the gateway did not start")
+        await asyncio.sleep(0.05)
+    signal.signal(signal.SIGTERM, server.handle_exit)
 
 
 def _stop_on_sigterm() -> None:
@@ -136,15 +175,15 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-@app.command()
-def serve() -> None:
-    """Run the gateway (REST, webhooks, realtime) on HUB_HOST:HUB_PORT, and the webhook
-    applier beside it."""
+@app.command(epilog=ENVIRONMENT)
+def serve(host: Host = None, port: Port = None) -> None:
+    """Run the gateway (REST, webhooks, realtime) and the webhook applier beside it. SIGTERM
+    and Ctrl-C stop it cleanly (realtime clients are closed with 1012)."""
     _stop_on_sigterm()
-    settings = _settings()
+    settings = _settings(host=host, port=port)
     if not _port_free(settings.host, settings.port):
-        console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; set "
-                      "HUB_PORT to a free port")
+        console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; use "
+                      "--port (or HUB_PORT) to pick a free one")
         raise typer.Exit(1)
     services = _services(settings)
     # The applier's metrics: in the data folder, one folder per port (replicas may share a
@@ -154,24 +193,28 @@ def serve() -> None:
     metrics_dir.mkdir(parents=True)
     try:  # uvicorn's own loop choice is skipped here
         uvloop.run(_serve(settings, services, metrics_dir))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, once the gateway has shut down
+        pass
     finally:
         services.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)  # here: an interrupt cancels twice
 
 
-@app.command()
+@app.command(epilog=ENVIRONMENT)
 def demo(
     exit_when_done: Annotated[bool, typer.Option("--exit", help="exit once the demo is "
                                                  "seeded and verified (for scripts)")] = False,
+    host: Host = None,
+    port: Port = None,
 ) -> None:
     """Start everything on the embedded defaults, seed a demo agency, and serve."""
     from hub.demo import run_demo
 
     _stop_on_sigterm()
-    settings = _settings()
+    settings = _settings(host=host, port=port)
     if not _port_free(settings.host, settings.port):
         console.print(f"[red]port {settings.port} on {settings.host} is in use[/red]; stop "
-                      "the other process or set HUB_PORT")
+                      "the other process or use --port (or HUB_PORT)")
         raise typer.Exit(1)
     services = _services(settings)
     try:
@@ -288,9 +331,16 @@ def create_user(
         services.stop()
 
 
+def _positive(value: float) -> float:
+    """Rates and durations: a usage error, not a division by zero minutes later."""
+    if value <= 0:
+        raise typer.BadParameter(f"{value} must be more than 0")
+    return value
+
+
 @bench.command("import")
 def bench_import_cmd(
-    rows: Annotated[int, typer.Option(help="CSV rows to import")] = 100_000,
+    rows: Annotated[int, typer.Option(min=1, help="CSV rows to import")] = 100_000,
 ) -> None:
     """Time a contact CSV import against a raw COPY of the same rows."""
     from hub.bench import bench_import
@@ -321,9 +371,10 @@ def bench_import_cmd(
 
 @bench.command("adapters")
 def bench_adapters_cmd(
-    messages: Annotated[int, typer.Option(help="messages per adapter and round")] = 5000,
-    concurrency: Annotated[int, typer.Option(help="connections to the carrier")] = 64,
-    rounds: Annotated[int, typer.Option(help="raw/Twilio rounds; the best of each is kept")] = 2,
+    messages: Annotated[int, typer.Option(min=1, help="messages per adapter and round")] = 5000,
+    concurrency: Annotated[int, typer.Option(min=1, help="connections to the carrier")] = 64,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="raw/Twilio rounds; the best of each is kept")] = 2,
 ) -> None:
     """Each channel adapter against the in-process sandbox carrier, beside raw aiohttp."""
     from rich.table import Table
@@ -354,13 +405,16 @@ def bench_adapters_cmd(
 
 @bench.command("campaign")
 def bench_campaign_cmd(
-    recipients: Annotated[int, typer.Option(help="contacts in the audience")] = 100_000,
+    recipients: Annotated[int, typer.Option(min=1, help="contacts in the audience")] = 100_000,
     reply_latency: Annotated[bool, typer.Option(
         "--reply-latency", help="also time agent replies sent during the bulk run")] = False,
-    replies: Annotated[int, typer.Option(help="agent replies with --reply-latency")] = 100,
-    reply_every: Annotated[float, typer.Option(help="seconds between agent replies")] = 0.2,
-    senders: Annotated[int, typer.Option(help="sender numbers in the pool")] = 10,
-    mps: Annotated[float, typer.Option(help="messages per second of each sender")] = 1000.0,
+    replies: Annotated[int, typer.Option(
+        min=1, help="agent replies with --reply-latency")] = 100,
+    reply_every: Annotated[float, typer.Option(
+        min=0, help="seconds between agent replies")] = 0.2,
+    senders: Annotated[int, typer.Option(min=1, help="sender numbers in the pool")] = 10,
+    mps: Annotated[float, typer.Option(callback=_positive,
+                                       help="messages per second of each sender")] = 1000.0,
 ) -> None:
     """A bulk SMS campaign end to end, beside the raw HTTP ceiling to the same carrier.
 
@@ -406,13 +460,15 @@ def bench_campaign_cmd(
 
 @bench.command("webhooks")
 def bench_webhooks_cmd(
-    callbacks: Annotated[int, typer.Option(help="timed signed status callbacks")] = 5_000,
-    concurrency: Annotated[int, typer.Option(help="requests in flight for ingest")] = 64,
-    clients: Annotated[int, typer.Option(help="WebSocket clients")] = 500,
-    rate: Annotated[float, typer.Option(help="callbacks per second, WebSocket run")] = 1000.0,
-    seconds: Annotated[float, typer.Option(help="length of the WebSocket run")] = 10.0,
-    workers: Annotated[int, typer.Option(help="uvicorn workers of the gateway, and of the "
-                                         "bare app alike")] = 1,
+    callbacks: Annotated[int, typer.Option(min=1, help="timed signed status callbacks")] = 5_000,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight for ingest")] = 64,
+    clients: Annotated[int, typer.Option(min=1, help="WebSocket clients")] = 500,
+    rate: Annotated[float, typer.Option(callback=_positive,
+                                        help="callbacks per second, WebSocket run")] = 1000.0,
+    seconds: Annotated[float, typer.Option(callback=_positive,
+                                           help="length of the WebSocket run")] = 10.0,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn workers of the gateway, and of "
+                                         "the bare app alike")] = 1,
 ) -> None:
     """Signed Twilio status callbacks ingested per second beside a bare FastAPI endpoint,
     and webhook → WebSocket latency with many connected clients."""
@@ -422,7 +478,7 @@ def bench_webhooks_cmd(
 
     settings = _settings()
     plan = WebhookBench(callbacks=callbacks, concurrency=concurrency, clients=clients,
-                        rate=rate, seconds=seconds, workers=max(1, workers))
+                        rate=rate, seconds=seconds, workers=workers)
     try:
         r = plan.run(settings, console)
     except BenchError as exc:
@@ -441,13 +497,6 @@ def write_demo_file(data_dir: Path, info: dict[str, str]) -> Path:
     with contextlib.suppress(OSError):
         path.chmod(0o600)  # it holds an API key
     return path
-
-
-def install_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C so embedded servers are stopped cleanly."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":
