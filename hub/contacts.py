@@ -1,8 +1,10 @@
 """Contact fields checked and normalised before they reach the store: E.164 phones in the
-sub-account's default region, validated emails, IANA time zones, clean tags."""
+sub-account's default region, validated emails, IANA time zones, clean tags, and custom
+field names a template can use (`custom_key`)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +20,39 @@ MAX_NAME_LENGTH = 200
 #: A search that could only be (part of) a phone number: digits and what people write
 #: between them.
 _PHONE_LIKE = re.compile(r"\+?[\d\s().\-]*\d[\d\s().\-]*")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def custom_key(name: str) -> str:
+    """The key a custom field is stored under: its name's words (letters and digits) in
+    lower case, joined by `_`, so that `Favourite Colour` and `Member-ID` become
+    `favourite_colour` and `member_id`, which `{{custom.favourite_colour}}` can name.
+    Every write path applies it; merge fields apply it to what they name and to keys
+    stored before it existed."""
+    return "_".join(_WORD.findall(name.lower()))
+
+
+def _unstorable(value: Any, path: str) -> tuple[str, str, str] | None:
+    """(path, message, code) of the first value in `value` that PostgreSQL's JSON cannot
+    hold: a string with a NUL character, or a NaN or infinite number (which Python's
+    JSON reads and writes, but which are not JSON)."""
+    if isinstance(value, str):
+        return (path, "holds a NUL character (\\u0000); remove it",
+                "nul_character") if "\x00" in value else None
+    if isinstance(value, float) and not math.isfinite(value):
+        written = "NaN" if math.isnan(value) else "-Infinity" if value < 0 else "Infinity"
+        return path, f"{written} is not a JSON number; send a finite number", "invalid_number"
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            found = _unstorable(k, path) or _unstorable(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _unstorable(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def phone_search(q: str, default_region: str) -> str:
@@ -44,10 +79,14 @@ def clean_contact(data: Mapping[str, Any], default_region: str, *, partial: bool
         if name not in data:
             return
         try:
+            if name != "custom_fields" and (bad := _unstorable(data[name], name)):
+                raise ValidationFailed.field(*bad)
             fn(data[name])
         except HubError as exc:
             for e in exc.errors or [FieldError(name, exc.detail, exc.code)]:
-                errors.append(FieldError(prefix + name, e.message, e.code))
+                # custom_fields errors name the key: custom_fields.<key>
+                field = e.field if e.field.startswith(name + ".") else name
+                errors.append(FieldError(prefix + field, e.message, e.code))
 
     def phone(v: str | None) -> None:
         out["phone"] = normalize_phone(v, default_region, field="phone") if v else None
@@ -86,7 +125,26 @@ def clean_contact(data: Mapping[str, Any], default_region: str, *, partial: bool
         out["tags"] = list(seen)
 
     def custom(v: Mapping[str, Any] | None) -> None:
-        out["custom_fields"] = dict(v or {})
+        fields: dict[str, Any] = {}
+        named: dict[str, str] = {}  # key -> the name it was written as
+        bad: list[FieldError] = []
+        for name, value in (v or {}).items():
+            at = f"custom_fields.{name}"
+            key = custom_key(name)
+            if problem := _unstorable(value, at):
+                bad.append(FieldError(*problem))
+            elif not key:
+                bad.append(FieldError(at, "a custom field's name needs a letter or a digit",
+                                      "invalid_key"))
+            elif key in named:
+                bad.append(FieldError(at, f"`{named[key]}` and `{name}` are both stored as "
+                                      f"`{key}`; keep one of them", "duplicate_key"))
+            else:
+                named[key], fields[key] = name, value
+        if bad:
+            raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in bad),
+                                   errors=bad)
+        out["custom_fields"] = fields
 
     check("phone", phone)
     check("email", email)

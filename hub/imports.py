@@ -3,12 +3,16 @@ into contacts set-wise; the file stays in PostgreSQL until the job ends, so a re
 it.
 
 Columns: phone, email, first_name, last_name, timezone, tags (separated by `;` or `|`;
-the columns themselves by commas, or by the semicolons or tabs some spreadsheets write);
-any other column becomes a custom field. Headers are matched case-insensitively and common
-spellings ("Phone Number", "E-mail", "First Name") are understood; two columns of one
-field (`phone` and `Mobile`, `Plan` twice) refuse the file. A column with no name
-must be empty; a row with a value beyond the header's columns is reported, not imported.
-Every row ends created, updated, or in the error report with the reason.
+the columns themselves by commas, or by the semicolons or tabs some spreadsheets write, or
+by what Excel's `sep=;` first line names); any other column becomes a custom field under
+its name's key (`Favourite Colour` as `favourite_colour`: hub.contacts.custom_key), and
+the report's row 0 says which names changed beyond case. Headers are matched
+case-insensitively and common spellings ("Phone Number", "E-mail", "First Name") are
+understood; blank lines before the header are skipped; two columns of one field (`phone`
+and `Mobile`, `Plan` and `plan`) refuse the file. A column with no name must be empty; a
+row with a value beyond the header's columns is reported, not imported. A quote that is
+never closed refuses the file, naming its row. Every row ends created, updated, or in the
+error report with the reason.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import io
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from hub.contacts import clean_contact
+from hub.contacts import clean_contact, custom_key
 from hub.context import Hub
 from hub.errors import HubError, ValidationFailed
 from hub.store import contacts as contact_store
@@ -47,10 +52,6 @@ WORKERS = min(len(os.sched_getaffinity(0)), 4)
 RowError = tuple[int, str, str, str]  # (row number, field, code, message)
 
 
-def _header_key(raw: str) -> str:
-    return "_".join(raw.strip().lower().replace("-", "_").split())
-
-
 def parse_csv(source: bytes, default_region: str,
               on_progress: Callable[[int], None] | None = None, *, workers: int = 1
               ) -> tuple[list[tuple[Any, ...]], list[RowError], int]:
@@ -58,7 +59,7 @@ def parse_csv(source: bytes, default_region: str,
     Row numbers count data rows from 1 (the header is row 0). With `workers` > 1 a large
     file is validated in that many processes (libphonenumber is pure Python: one process
     validates about 25,000 rows a second, and holds the GIL while it does)."""
-    columns, rows = _read(source)
+    columns, rows, notes = _read(source)
     chunks = [rows[i:i + PROGRESS_EVERY] for i in range(0, len(rows), PROGRESS_EVERY)]
     results: list[tuple[list[tuple[Any, ...]], list[RowError]]] = []
     done = 0
@@ -80,27 +81,38 @@ def parse_csv(source: bytes, default_region: str,
             if on_progress:
                 on_progress(done)
     records = [r for chunk_records, _ in results for r in chunk_records]
-    errors = [e for _, chunk_errors in results for e in chunk_errors]
+    errors = notes + [e for _, chunk_errors in results for e in chunk_errors]
     return records, errors, len(rows)
 
 
-def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The columns, and the data rows that are not blank, numbered from 1."""
+def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]], list[RowError]]:
+    """The columns, the data rows that are not blank (numbered from 1), and a note (row 0)
+    for each column stored as a custom field under a key other than its name."""
     try:
         text = source.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValidationFailed.field("file", f"not UTF-8 text (byte {exc.start}); export the "
                                      "CSV as UTF-8", "invalid_encoding") from exc
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
-    header = next(reader, None)
-    if not header:
+    lines = io.StringIO(text, newline="").readlines()
+    start, delimiter = 0, None
+    if lines and (sep := _EXCEL_SEP.fullmatch(lines[0])):  # Excel's "sep=;" line
+        start, delimiter = 1, sep[1]
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    if start == len(lines):
         raise ValidationFailed.field("file", "the file is empty; the first line must name the "
                                      "columns", "empty_file")
-    columns = [HEADER_ALIASES.get(_header_key(h), "custom:" + h.strip()) for h in header]
+    header, *data = _records(lines, start, delimiter or _delimiter(lines[start]))
+    keys = [custom_key(h) for h in header]
+    columns = [HEADER_ALIASES.get(k, "custom:" + k) for k in keys]
     first: dict[str, int] = {}
     for i, column in enumerate(columns):
         if not header[i].strip():
             continue  # unnamed columns: see below
+        if column == "custom:":
+            raise ValidationFailed.field(
+                "file", f"column {i + 1} (`{header[i].strip()}`) needs a letter or a digit in "
+                "its name", "invalid_column")
         j = first.setdefault(column, i)
         if j != i:  # one value would silently win over the other
             raise ValidationFailed.field(
@@ -112,7 +124,7 @@ def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
     if not {"phone", "email"} & known:
         raise ValidationFailed.field("file", "no phone or email column; name one `phone` or "
                                      "`email`", "missing_column")
-    rows = list(enumerate((v for v in reader if any(x.strip() for x in v)), start=1))
+    rows = list(enumerate((v for v in data if any(x.strip() for x in v)), start=1))
     # A column with no name is ignored while it is empty (a trailing separator); a value in
     # it would have nowhere to go.
     for i in (i for i, h in enumerate(header) if not h.strip()):
@@ -121,14 +133,60 @@ def _read(source: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
             raise ValidationFailed.field(
                 "file", f"column {i + 1} has no name in the header line, but row {n} has a "
                 "value in it; name the column or delete it", "unnamed_column")
-    return columns, rows
+    # Lower case goes without saying (merge fields ignore it); other changes are noted.
+    notes = [(0, f"custom_fields.{k}", "column_renamed",
+              f"column {i + 1} (`{h.strip()}`) is stored as the custom field `{k}`: "
+              f"{{{{custom.{k}}}}} in templates")
+             for i, (h, k, c) in enumerate(zip(header, keys, columns, strict=True))
+             if c.startswith("custom:") and h.strip() and k != h.strip().lower()]
+    return columns, rows, notes
 
 
-def _delimiter(text: str) -> str:
+_EXCEL_SEP = re.compile(r"sep=([^\"\r\n])\r?\n?")
+
+
+def _records(lines: list[str], start: int, delimiter: str) -> list[list[str]]:
+    """The CSV records of `lines[start:]`. A quoted value may hold line breaks, but a quote
+    that opens and is never closed (or closes in the middle of a value) would swallow the
+    rest of the file, or the lines up to the next quote, into one value: the file is
+    refused, naming the row and line where that quote opens."""
+    reader = csv.reader(lines[start:], delimiter=delimiter)
+    records: list[list[str]] = []
+    data_rows = 0  # non-blank records after the header, as rows are numbered
+    while True:
+        first = start + reader.line_num  # index of the record's first line
+        try:
+            values = next(reader)
+            if start + reader.line_num - first > 1:  # a quoted line break: well formed?
+                list(csv.reader(lines[first:start + reader.line_num], delimiter=delimiter,
+                                strict=True))
+        except StopIteration:
+            return records
+        except csv.Error as exc:
+            raise _open_quote(lines, first, data_rows + 1 if records else 0) from exc
+        records.append(values)
+        if len(records) > 1 and any(x.strip() for x in values):
+            data_rows += 1
+
+
+def _open_quote(lines: list[str], first: int, row: int) -> ValidationFailed:
+    """The error for a record (from line index `first`) that a stray quote runs on."""
+    where = f"row {row} (line {first + 1})" if row else f"the header (line {first + 1})"
+    # Every quote toggles being inside a quoted value (a doubled quote toggles twice): an
+    # odd count from here to the end means the file ends inside one.
+    if sum(line.count('"') for line in lines[first:]) % 2:
+        problem = "a quote opens here and is never closed"
+    else:
+        problem = ("a quote opens here and is not closed where its value ends (a quote "
+                   'inside a quoted value is written twice: "")')
+    return ValidationFailed.field("file", f"{where}: {problem}; fix the file and upload it "
+                                  "again", "unclosed_quote")
+
+
+def _delimiter(header: str) -> str:
     """The header line's separator: a comma, or the semicolon or tab a spreadsheet writes
     where the comma is the decimal mark."""
-    header = text.split("\n", 1)[0]
-    return max((",", ";", "\t"), key=header.count) if header else ","
+    return max((",", ";", "\t"), key=header.count)
 
 
 def _validate(columns: list[str], rows: list[tuple[int, list[str]]], default_region: str

@@ -6,6 +6,9 @@ Syntax, Liquid-style as GoHighLevel users know it:
     Hi {{ first_name | default: "there" }}, your {{ custom.plan }} plan renews soon.
 
 - ``{{ name }}`` inserts a variable; ``{{ a.b }}`` walks nested mappings (custom fields).
+  Names are words (letters of any script, digits, ``_``; only the first cannot be a digit).
+  ``custom.<name>`` names a custom field by its key (hub.contacts.custom_key), so
+  ``{{ custom.Member_ID }}`` finds the field imported from a `Member-ID` column.
 - ``| default: "text"`` (or ``'text'``) is used when the variable is absent, None or blank.
   It is the only filter; the default cannot contain its own quote character or ``}}``.
 - A single ``{`` or ``}`` is plain text. A ``{{`` without its ``}}``, a ``}}`` without its
@@ -23,14 +26,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from hub.contacts import custom_key
 from hub.errors import FieldError, ValidationFailed
 
 INVALID_TEMPLATE = "invalid_template"
 
 _OPEN, _CLOSE = "{{", "}}"
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_NAME = r"[^\W\d]\w*"
 _TAG = re.compile(
-    rf"\s*(?P<path>{_NAME}(?:\.{_NAME})*)\s*"
+    rf"\s*(?P<path>{_NAME}(?:\.\w+)*)\s*"
     r"(?:\|\s*default\s*:\s*(?:\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)')\s*)?"
 )
 
@@ -126,12 +130,19 @@ def parse(template: str, *, field: str = "template") -> Template:
         else:
             name = match["path"]
             default = match["dq"] if match["dq"] is not None else match["sq"]
-            parts.append(MergeField(name, tuple(name.split(".")), default))
+            parts.append(MergeField(name, _path(name), default))
             names[name] = None
         pos = end + 2
     if errors:
         raise ValidationFailed("; ".join(e.message for e in errors), errors=errors)
     return Template(template, _merge_text(parts), tuple(names))
+
+
+def _path(name: str) -> tuple[str, ...]:
+    path = tuple(name.split("."))
+    if path[0] == "custom" and len(path) > 1:
+        return ("custom", custom_key(path[1]), *path[2:])
+    return path
 
 
 def _merge_text(parts: list[str | MergeField]) -> tuple[str | MergeField, ...]:
@@ -159,6 +170,10 @@ def merge_variables(contact: Mapping[str, Any] | None) -> dict[str, Any]:
     """The merge fields a contact (a `contacts` row) gives a template: what campaigns,
     previews and the compose check all render with."""
     c = contact or {}
+    stored = c.get("custom_fields") or {}
+    # Keys stored before custom_key existed ("Favourite Colour") are read by their key; a
+    # field written since under the key itself wins.
+    custom = {custom_key(k): v for k, v in stored.items() if custom_key(k) != k}
+    custom.update((k, v) for k, v in stored.items() if custom_key(k) == k)
     return {"first_name": c.get("first_name"), "last_name": c.get("last_name"),
-            "phone": c.get("phone"), "email": c.get("email"),
-            "custom": c.get("custom_fields") or {}}
+            "phone": c.get("phone"), "email": c.get("email"), "custom": custom}

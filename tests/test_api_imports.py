@@ -68,7 +68,7 @@ async def test_import_reports_each_bad_row_and_merges_the_rest(
     ada = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/contacts/{existing.json()['id']}",
                          headers=h)).json()
     assert ada["first_name"] == "Ada" and sorted(ada["tags"]) == ["new", "old", "vip"]
-    assert ada["custom_fields"] == {"Plan": "gold"}
+    assert ada["custom_fields"] == {"plan": "gold"}  # the key as templates name it
     erin = (await api.get(f"/v1/sub-accounts/{tenant.sa1}/contacts", headers=h,
                           params={"q": "+12125550006"})).json()["data"]
     assert [c["first_name"] for c in erin] == ["Erin2"]
@@ -148,4 +148,4 @@ def test_a_semicolon_or_tab_separated_file_is_read_by_its_header() -> None:
         records, errors, total = imports.parse_csv(source, "US")
         assert (errors, total) == ([], 1)
         assert records[0][1] == "+12125550123" and records[0][4] == "Ada"
-        assert sorted(records[0][7]) == ["new", "vip"] and records[0][8] == {"Plan": "gold, yearly"}
+        assert sorted(records[0][7]) == ["new", "vip"] and records[0][8] == {"plan": "gold, yearly"}

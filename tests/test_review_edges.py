@@ -182,7 +182,8 @@ async def test_a_relay_that_never_greets_fails_the_check_within_its_timeout() ->
     ("phone,email,Email", "columns 2 (`email`) and 3 (`Email`) are both email"),
     ("Phone Number,first_name,Mobile", "columns 1 (`Phone Number`) and 3 (`Mobile`)"),
     ("email,Tags,tag", "are both tags"),
-    ("phone,Plan, Plan ", "columns 2 (`Plan`) and 3 (`Plan`) are both Plan"),
+    ("phone,Plan, Plan ", "columns 2 (`Plan`) and 3 (`Plan`) are both plan"),
+    ("phone,Plan,plan", "columns 2 (`Plan`) and 3 (`plan`) are both plan"),
 ])
 def test_a_field_named_twice_refuses_the_file(header: str, named: str) -> None:
     with pytest.raises(ValidationFailed) as refused:
@@ -192,8 +193,10 @@ def test_a_field_named_twice_refuses_the_file(header: str, named: str) -> None:
 
 def test_unnamed_and_distinct_columns_are_not_duplicates() -> None:
     records, errors, total = imports.parse_csv(
-        b"phone,,Plan,plan,\n+12125550100,,gold,silver,\n", "US")
-    assert (len(records), errors, total) == (1, [], 1)
+        b"phone,,Plan,tier,\n+12125550100,,gold,silver,\n", "US")
+    assert (len(records), total) == (1, 1)
+    assert records[0][8] == {"plan": "gold", "tier": "silver"}
+    assert all(e[0] == 0 for e in errors), errors  # only notes on renamed columns
 
 
 async def test_an_import_naming_a_field_twice_fails_saying_which_columns(

@@ -82,7 +82,9 @@ async def finish(conn: Conn, id_: UUID, *, status: str, total: int, created: int
             records=[(id_, n, f, c, m) for n, f, c, m in errors],
             columns=("job_id", "row_number", "field", "code", "message"),
         )
-    error_rows = len({n for n, *_ in errors})
+    # Row 0 holds notes on the file's columns (one renamed to a custom field's key), not a
+    # row that was left out.
+    error_rows = len({n for n, *_ in errors if n > 0})
     await conn.execute(
         """UPDATE import_jobs SET status = $2, total_rows = $3, processed_rows = $3,
                created_rows = $4, updated_rows = $5, error_rows = $6, error = $7,
