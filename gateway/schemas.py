@@ -3,13 +3,15 @@ is a named error instead of a silently ignored value."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
@@ -56,6 +58,23 @@ def _refuse_nul(value: Any, info: ValidationInfo) -> Any:
 NoNul = AfterValidator(_refuse_nul)
 
 
+_WALL_CLOCK = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?")
+
+
+def _wall_clock(value: Any) -> time:
+    """A time of day from "HH:MM" or "HH:MM:SS" only. Pydantic alone would take a JSON
+    number as seconds after midnight (21 → 00:00:21) and keep or drop an offset, while a
+    quiet hour or a send window is read on each contact's own clock."""
+    if isinstance(value, str) and _WALL_CLOCK.fullmatch(value.strip()):
+        return time.fromisoformat(value.strip())
+    raise PydanticCustomError("wall_clock_time", "a wall-clock time like 08:00, without a "
+                              "time zone: the contact's zone applies")
+
+
+#: Every time-of-day field of a request body.
+WallClockTime = Annotated[time, BeforeValidator(_wall_clock)]
+
+
 class Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -85,8 +104,9 @@ class SubAccountIn(Input):
                                 description="ISO 3166 region for national-format numbers")
     timezone: str = Field("America/New_York", description="IANA time zone")
     help_text: str = Field("", max_length=480)
-    quiet_start: time = Field(time(21), description="start of the no-bulk window, local time")
-    quiet_end: time = Field(time(8), description="end of the no-bulk window, local time")
+    quiet_start: WallClockTime = Field(time(21),
+                                       description="start of the no-bulk window, local time")
+    quiet_end: WallClockTime = Field(time(8), description="end of the no-bulk window, local time")
 
 
 class SubAccountPatch(Input):
@@ -94,8 +114,8 @@ class SubAccountPatch(Input):
     default_region: str | None = Field(None, min_length=2, max_length=2)
     timezone: str | None = None
     help_text: str | None = Field(None, max_length=480)
-    quiet_start: time | None = None
-    quiet_end: time | None = None
+    quiet_start: WallClockTime | None = None
+    quiet_end: WallClockTime | None = None
 
 
 class SubAccountOut(Output):
@@ -443,10 +463,10 @@ class CampaignIn(Input):
     sender_ids: list[UUID] = Field(default_factory=list, max_length=1000,
                                    description="sender pool; default: all of the channel's")
     start_at: datetime | None = Field(None, description="not before this; at most a year ahead")
-    window_start: time | None = Field(
+    window_start: WallClockTime | None = Field(
         None, description="local sending window start (texts and calls; email is sent at "
                           "any hour); default: the end of the sub-account's quiet hours")
-    window_end: time | None = Field(
+    window_end: WallClockTime | None = Field(
         None, description="local sending window end (texts and calls; email is sent at any "
                           "hour); default: the start of the sub-account's quiet hours")
     rate_cap: float | None = Field(
@@ -489,8 +509,10 @@ class CampaignPatch(Input):
         None, max_length=1000, description="sender pool; an empty list: all of the channel's "
                                            "(also the default when the channel changes)")
     start_at: datetime | None = None
-    window_start: time | None = Field(None, description="null: the sub-account's default")
-    window_end: time | None = Field(None, description="null: the sub-account's default")
+    window_start: WallClockTime | None = Field(None,
+                                               description="null: the sub-account's default")
+    window_end: WallClockTime | None = Field(None,
+                                             description="null: the sub-account's default")
     rate_cap: float | None = Field(None, gt=0, le=100_000)
     failure_threshold: float | None = Field(None, gt=0, le=1)
 

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hub.campaign_actions import check_live_windows
 from hub.contacts import clean_contact
 from hub.context import Hub
 from hub.crypto import new_api_key
@@ -83,8 +84,8 @@ def _check_quiet_hours(row: Row) -> None:
         at = row["quiet_start"].strftime("%H:%M")
         raise ValidationFailed.field(
             "quiet_start", f"quiet hours from {at} to {at} are empty; give a start and an end "
-            "that differ (21:00 to 08:00 is usual; a campaign that must send at any hour can "
-            "set its window to 00:00-23:59)", "empty_quiet_hours")
+            "that differ (21:00 to 08:00 is usual; 23:59 to 00:00 leaves campaigns every hour "
+            "but one minute)", "empty_quiet_hours")
 
 
 async def do_create_sub_account(hub: Hub, principal: Principal, fields: Row) -> Row:
@@ -103,7 +104,11 @@ async def do_update_sub_account(hub: Hub, sub_account_id: UUID, fields: Row) -> 
         row = await tenants.update_sub_account(tx.conn, sub_account_id, fields)
         if row is None:
             raise NotFound("no such sub-account", code="sub_account_not_found")
-        _check_quiet_hours(row)
+        # Only a change of quiet hours is checked: a sub-account stored with equal ones (no
+        # quiet hours) before they were refused still takes a new name or help text.
+        if "quiet_start" in fields or "quiet_end" in fields:
+            _check_quiet_hours(row)
+            await check_live_windows(tx.conn, row)
         tx.emit(sub_account_id, "sub_account.updated", row)
     return row
 

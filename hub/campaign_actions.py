@@ -18,6 +18,7 @@ from hub.campaigns import (
     audience_sql,
     campaign_window,
     check_content,
+    outside_sending_hours,
     parse_audience,
     transition,
     voice_script,
@@ -68,8 +69,8 @@ async def _checked(conn: Any, sa: Row, data: Row) -> Row:
     either gone here or sees this campaign (do_delete_sender refuses to delete a sender
     that a campaign still uses)."""
     audience = parse_audience(data["audience"])
-    window = campaign_window(data.get("window_start"), data.get("window_end"), sa)
     channel = data["channel"]
+    window = campaign_window(data.get("window_start"), data.get("window_end"), sa, channel)
     if data.get("template_id") is not None:
         data = await _from_template(conn, sa, data)
     voice = data.get("voice") or {}
@@ -223,6 +224,7 @@ async def do_launch_campaign(hub: Hub, sa: Row, id_: UUID) -> Row:
             raise Conflict("every sender of this campaign has been deleted since it was "
                            "created; create the campaign again with current senders",
                            code="no_sender")
+        await _check_sending_hours(tx.conn, sa["id"], c)
         audience = parse_audience(c["audience"])
         where, args = audience_sql(audience, 0)
         await store.materialise(tx.conn, c, where, args, max(now, c["start_at"] or now))
@@ -231,6 +233,43 @@ async def do_launch_campaign(hub: Hub, sa: Row, id_: UUID) -> Row:
         row = await store.set_status(tx.conn, id_, status, extra=", launched_at = now()")
         tx.emit(sa["id"], "campaign.updated", snapshot(row), f"campaign:{id_}")
     return row
+
+
+async def _check_sending_hours(conn: Any, sa_id: UUID, c: Row) -> None:
+    """A draft whose window an admin's later quiet hours no longer contain is not launched
+    (Conflict naming the window): it is edited first. The sub-account row is read FOR SHARE,
+    so a change of its quiet hours either lands before this check or waits for the launch and
+    then sees this campaign (`check_live_windows`)."""
+    sa = await conn.fetchrow("SELECT quiet_start, quiet_end FROM sub_accounts WHERE id = $1 "
+                             "FOR SHARE", sa_id)
+    outside = outside_sending_hours(SendWindow(c["window_start"], c["window_end"]),
+                                    c["channel"], sa)
+    if outside is not None:
+        raise Conflict("this draft cannot be launched until its window is edited; "
+                       f"{outside.field}: {outside.message}", code="outside_sending_hours",
+                       errors=[outside])
+
+
+async def check_live_windows(conn: Any, sa: Row) -> None:
+    """Refuses quiet hours (`sa` as just updated, in the caller's transaction) that the window
+    of a launched, unfinished text or call campaign reaches outside: Conflict naming
+    quiet_start and those campaigns. Refusing is the one rule the scheduler, the shards'
+    send deadlines and the dry run need not know about: each keeps reading the campaign's own
+    window. Drafts are checked when launched."""
+    rows = await conn.fetch(
+        """SELECT name, channel, window_start, window_end FROM campaigns
+           WHERE sub_account_id = $1 AND status IN ('scheduled', 'running', 'paused')
+           ORDER BY created_at, id""", sa["id"])
+    clash = [r["name"] for r in rows if outside_sending_hours(
+        SendWindow(r["window_start"], r["window_end"]), r["channel"], sa) is not None]
+    if clash:
+        shown = ", ".join(f'"{n}"' for n in clash[:5]) + (
+            f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+        message = (f"{len(clash)} launched campaign{'s' if len(clash) > 1 else ''} ({shown}) "
+                   "would send inside these quiet hours; cancel or let them finish first, or "
+                   "choose quiet hours outside their windows")
+        raise Conflict(message, code="outside_sending_hours",
+                       errors=[FieldError("quiet_start", message, "outside_sending_hours")])
 
 
 async def _refine(conn: Any, sa: Row, c: Row, audience: Any) -> None:

@@ -31,7 +31,8 @@ __all__ = [
     "NO_CALL_SCRIPT", "NO_MMS_MEDIA", "Action", "Audience", "AudienceFilter", "CampaignStatus",
     "ContentCheck", "FailureWindow", "Projection", "RecipientSlot", "TimelineBucket",
     "allowed_actions", "audience_sql", "campaign_window", "check_content", "eta",
-    "parse_audience", "project", "transition", "voice_script",
+    "outside_sending_hours", "parse_audience", "project", "sending_hours", "transition",
+    "voice_script",
 ]
 
 INVALID_TRANSITION = "invalid_transition"
@@ -495,17 +496,24 @@ def _filter_sql(f: AudienceFilter, p: Callable[[Any, str], str]) -> str:
 # --- sending window --------------------------------------------------------------------------
 
 EMPTY_WINDOW = "empty_window"
+OUTSIDE_SENDING_HOURS = "outside_sending_hours"
 
 
-def campaign_window(start: time | None, end: time | None, sub_account: Mapping[str, Any]
-                    ) -> SendWindow:
+def sending_hours(sub_account: Mapping[str, Any]) -> SendWindow:
+    """The hours outside the sub-account's quiet hours: the most a campaign may send in."""
+    return SendWindow.from_quiet_hours(sub_account["quiet_start"], sub_account["quiet_end"])
+
+
+def campaign_window(start: time | None, end: time | None, sub_account: Mapping[str, Any],
+                    channel: str) -> SendWindow:
     """The campaign's daily sending window: as given, else (each end that is not given) the
-    sub-account's sending hours, i.e. outside its quiet hours. Fixed when the campaign is
-    created and stored on it, so launch, dry run, ETA and scheduler read one window.
+    sub-account's sending hours. Fixed when the campaign is created and stored on it, so
+    launch, dry run, ETA and scheduler read one window.
 
     A window whose start equals its end is refused (ValidationFailed naming window_start):
-    "09:00–09:00" reads as a one-instant window and would otherwise mean "any hour"."""
-    default = SendWindow.from_quiet_hours(sub_account["quiet_start"], sub_account["quiet_end"])
+    "09:00–09:00" reads as a one-instant window and would otherwise mean "any hour". So is
+    one reaching outside the sending hours (`outside_sending_hours`)."""
+    default = sending_hours(sub_account)
     window = SendWindow(default.start if start is None else start,
                         default.end if end is None else end)
     if window.always_open:
@@ -514,9 +522,30 @@ def campaign_window(start: time | None, end: time | None, sub_account: Mapping[s
                  f"{_hm(sub_account['quiet_end'])})")
         raise ValidationFailed.field(
             "window_start", f"the window starts and ends at {_hm(window.start)}{where}; give "
-            "window_start and window_end that differ (00:00–23:59 sends at every hour but its last "
-            "minute)", EMPTY_WINDOW)
+            "window_start and window_end that differ, inside the sub-account's sending hours",
+            EMPTY_WINDOW)
+    outside = outside_sending_hours(window, channel, sub_account)
+    if outside is not None:
+        raise ValidationFailed(f"{outside.field}: {outside.message}", errors=[outside])
     return window
+
+
+def outside_sending_hours(window: SendWindow, channel: str, sub_account: Mapping[str, Any]
+                          ) -> FieldError | None:
+    """Why texts or calls on `window` would leave in the sub-account's quiet hours, naming
+    window_start (or window_end when only the end reaches past them); None when the window is
+    inside its sending hours. Quiet hours are a compliance setting: a campaign may narrow
+    them, never widen them. Email has none: the scheduler sends it at any hour."""
+    hours = sending_hours(sub_account)
+    if channel == "email" or window.inside(hours):
+        return None
+    field = "window_end" if hours.contains(window.start) else "window_start"
+    return FieldError(
+        field, f"the window {_hm(window.start)}–{_hm(window.end)} reaches outside this "
+        f"sub-account's sending hours, {_hm(hours.start)}–{_hm(hours.end)} (its quiet hours "
+        f"are {_hm(hours.end)}–{_hm(hours.start)}, set by an admin in Settings); give a window "
+        "inside them, or leave window_start and window_end out to use them",
+        OUTSIDE_SENDING_HOURS)
 
 
 def _hm(t: time) -> str:

@@ -125,6 +125,17 @@ class SendWindow:
             return wall >= self.start or wall < self.end
         return True
 
+    def inside(self, outer: SendWindow) -> bool:
+        """Whether every wall-clock time this window allows, `outer` allows too (either may
+        wrap midnight). Measured as arcs of the day from `outer`'s start."""
+        if outer.always_open:
+            return True
+        if self.always_open:
+            return False
+        offset = _seconds_after(outer.start, self.start)
+        return offset + _seconds_after(self.start, self.end) <= \
+            _seconds_after(outer.start, outer.end)
+
     def allows(self, utc_now: datetime, tz: tzinfo) -> bool:
         """Whether a bulk message may leave at `utc_now` for a contact in `tz`."""
         if self.always_open:
@@ -160,6 +171,17 @@ class SendWindow:
             candidates.append(local.replace(fold=1).astimezone(UTC))
         opening = [c for c in candidates if c > now and self.allows(c, tz)]
         return min(opening, default=None)
+
+
+_DAY = 24 * 3600
+
+
+def _seconds_after(first: time, then: time) -> int:
+    """Seconds from wall-clock `first` forward to `then`, wrapping midnight: under a day."""
+    def secs(t: time) -> int:
+        return t.hour * 3600 + t.minute * 60 + t.second
+
+    return (secs(then) - secs(first)) % _DAY
 
 
 _SAMPLE = timedelta(hours=6)  # no zone changes its offset twice within six hours

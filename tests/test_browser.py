@@ -30,6 +30,7 @@ from hub import users
 from hub.context import Hub
 from hub.users import Role
 from tests.conftest import Tenant, auth
+from tests.test_campaigns import without_quiet_hours
 from tests.test_sending import carrier_requests, wait_for
 
 CHROMIUM = os.environ.get("HUB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -153,9 +154,10 @@ async def add_contacts(api: httpx.AsyncClient, tenant: Tenant, n: int) -> None:
 
 
 async def test_marketer_builds_launches_and_watches_a_campaign_finish(
-    world: World, api: httpx.AsyncClient, browser: Browser
+    hub: Hub, world: World, api: httpx.AsyncClient, browser: Browser
 ) -> None:
     t = world.tenant
+    await without_quiet_hours(hub, t.sa1)  # the form's 00:00–23:59 sends at once
     await add_contacts(api, t, 22)  # 20 tagged vip, 2 leads left out; 12 of the vips tiered
     page = await sign_in(browser, world.base, "marketer@b.example")
     assert page.url.endswith(f"/app/sa/{t.sa1}/campaigns")

@@ -19,10 +19,11 @@ from hub.users import Role
 from tests import test_browser as pages
 from tests.conftest import Tenant, assert_problem, auth
 from tests.test_browser import browser
+from tests.test_campaigns import tenant
 from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms, wait_for
 from tests.test_users import sign_in
 
-__all__ = ["browser", "carrier", "carrier_log"]  # fixtures shared with those modules
+__all__ = ["browser", "carrier", "carrier_log", "tenant"]  # fixtures shared with those modules
 
 ZONE = "Etc/GMT"  # the contacts' clock is UTC, so the windows below are UTC hours
 
@@ -119,6 +120,9 @@ async def test_a_partial_edit_keeps_the_other_fields_and_null_clears_only_option
     assert heard[-1]["data"]["name"] == "Spring sale, final"
     assert heard[-1]["data"]["body"] == c["body"] and "allowed_actions" in heard[-1]["data"]
     # Null clears what a create may leave out: no cap, no start, the sub-account's window.
+    r = await api.patch(f"/v1/sub-accounts/{tenant.sa1}", headers=auth(tenant.agency_key),
+                        json={"quiet_start": "21:00", "quiet_end": "08:00"})
+    assert r.status_code == 200, r.text
     r = await patch(api, tenant, c["id"], {"rate_cap": None, "start_at": None,
                                            "window_start": None})
     assert r.status_code == 200, r.text

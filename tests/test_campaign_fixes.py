@@ -11,6 +11,7 @@ import httpx
 
 from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth
+from tests.test_campaigns import without_quiet_hours
 
 ZONE = "Etc/GMT"  # the contacts' clock is UTC, so windows below are UTC hours
 
@@ -80,11 +81,14 @@ async def test_a_campaign_without_a_window_keeps_the_sub_accounts_quiet_hours(
                                                                   c["window_end"])
     stats = await call(api, tenant, "GET", f"/campaigns/{c['id']}/stats")
     assert datetime.fromisoformat(stats["eta"]) >= opens, stats
-    # A window the marketer gives is the campaign's own; one end alone takes the other's.
-    own = await created(api, tenant, window_start="10:00", window_end="18:00")
-    assert (own["window_start"], own["window_end"]) == ("10:00:00", "18:00:00")
-    half = await created(api, tenant, window_end="23:30")
-    assert (half["window_start"], half["window_end"]) == (f"{hour(2, now)}:00", "23:30:00")
+    # A window the marketer gives (inside the sending hours) is the campaign's own; one end
+    # alone takes the other's.
+    own = await created(api, tenant, window_start=hour(4, now), window_end=hour(8, now))
+    assert (own["window_start"], own["window_end"]) == (f"{hour(4, now)}:00",
+                                                        f"{hour(8, now)}:00")
+    half = await created(api, tenant, window_end=hour(8, now))
+    assert (half["window_start"], half["window_end"]) == (f"{hour(2, now)}:00",
+                                                          f"{hour(8, now)}:00")
 
 
 async def test_an_empty_window_is_refused_naming_the_field(
@@ -102,12 +106,15 @@ async def test_an_empty_window_is_refused_naming_the_field(
             ["empty_quiet_hours"]
     sa = await call(api, tenant, "GET", "")
     assert (sa["quiet_start"], sa["quiet_end"]) == ("21:00:00", "08:00:00")
-    await created(api, tenant, window_start="00:00", window_end="23:59")
+    # Every hour but the last minute is more than the sending hours allow.
+    r = await create(api, tenant, window_start="00:00", window_end="23:59")
+    assert_problem(r, 422, "validation_failed", field="window_start")
 
 
 async def test_the_eta_of_a_scheduled_campaign_is_not_before_its_start(
         hub: Hub, api: httpx.AsyncClient, tenant: Tenant) -> None:
     await setup(hub, api, tenant)
+    await without_quiet_hours(hub, tenant.sa1)  # the window follows the clock
     start_at = datetime.now(UTC) + timedelta(hours=2)
     # The window opens within the hour: counted from now, the three would be done by then.
     c = await created(api, tenant, start_at=start_at.isoformat(), window_start=hour(1),
@@ -153,6 +160,7 @@ async def test_the_dry_run_counts_the_contacts_launch_skips(
         """INSERT INTO contacts (sub_account_id, email, email_key, timezone, tags)
            VALUES ($1, 'x@example.com', 'x@example.com', $2, ARRAY['all'])""",
         tenant.sa1, ZONE)
+    await without_quiet_hours(hub, tenant.sa1)  # the window follows the clock
     c = await created(api, tenant, window_start=hour(0), window_end=hour(3))
     dry = await call(api, tenant, "POST", f"/campaigns/{c['id']}/dry-run")
     assert (dry["recipients"], dry["unsendable"]) == (3, 2), dry
@@ -185,6 +193,7 @@ async def test_the_dry_run_warns_of_merge_fields_blank_for_some_recipients(
     await hub.pool.execute(
         """UPDATE contacts SET custom_fields = '{"plan": " "}', first_name = ''
            WHERE sub_account_id = $1 AND phone = $2""", tenant.sa1, numbers[1])
+    await without_quiet_hours(hub, tenant.sa1)  # the window follows the clock
     c = await created(api, tenant, window_start=hour(0), window_end=hour(3),
                       body="Hi {{ first_name }}, {{ custom.plan }} ({{ custom.tier.name }}) "
                            "{{ custom.city | default: 'near you' }}")

@@ -25,12 +25,29 @@ from actors.sender import sender_burst
 from actors.supervisor import scheduler_name, sender_name
 from hub.campaigns import FailureWindow
 from hub.context import Hub
-from tests.conftest import Tenant, assert_problem, auth
+from tests.conftest import Tenant, assert_problem, auth, make_tenant
 from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms, wait_for
 
 __all__ = ["carrier", "carrier_log"]  # fixtures shared with test_sending
 
 ZONES = ("Etc/GMT", "Etc/GMT-1", "Etc/GMT-12")  # UTC, UTC+1, UTC+12
+
+
+async def without_quiet_hours(hub: Hub, sa: Any) -> dict[str, Any]:
+    """Takes the sub-account's quiet hours away (as for one stored before equal quiet hours
+    were refused), so any campaign window is inside its sending hours: windows in these
+    tests follow the test's clock, which quiet hours would refuse at most hours of the day.
+    Returns the sub-account's row."""
+    return dict(await hub.pool.fetchrow(
+        "UPDATE sub_accounts SET quiet_end = quiet_start WHERE id = $1 RETURNING *", sa))
+
+
+@pytest.fixture
+async def tenant(hub: Hub, api: httpx.AsyncClient) -> Tenant:
+    """The conftest tenant, its first sub-account `without_quiet_hours`."""
+    made = await make_tenant(hub, api)
+    await without_quiet_hours(hub, made.sa1)
+    return made
 
 
 def open_window_now() -> tuple[str, str]:

@@ -20,11 +20,11 @@ from config.settings import Settings
 from hub import compliance
 from hub.context import Hub
 from tests.conftest import REFERENCE, Tenant, assert_problem, auth
-from tests.test_campaigns import open_window_now
+from tests.test_campaigns import open_window_now, tenant
 from tests.test_sending import carrier, carrier_log, carrier_requests, wait_for
 from tests.test_webhooks import INBOUND, add_provider, add_sender, post_twilio, settled
 
-__all__ = ["carrier", "carrier_log"]  # fixtures shared with test_sending
+__all__ = ["carrier", "carrier_log", "tenant"]  # fixtures shared with other modules
 
 VECTORS = json.loads((REFERENCE / "vectors" / "opt_out_keyword_vectors.json").read_text())
 EXPECTED_KEYWORD = {"STOP": compliance.Keyword.STOP, "START": compliance.Keyword.START,

@@ -16,11 +16,11 @@ from hub.projection import project
 from hub.sender_pool import choose_weighted
 from hub.timezones import SendWindow
 from tests.conftest import Tenant, assert_problem, auth
-from tests.test_campaigns import open_window_now, own_carrier
+from tests.test_campaigns import open_window_now, own_carrier, tenant
 from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms, wait_for
 from tests.test_webhooks import add_provider, add_sender
 
-__all__ = ["carrier", "carrier_log", "own_carrier"]  # fixtures
+__all__ = ["carrier", "carrier_log", "own_carrier", "tenant"]  # fixtures
 
 NOW = datetime(2026, 3, 2, 15, tzinfo=UTC)
 ALWAYS = SendWindow(time(0), time(0))

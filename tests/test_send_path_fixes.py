@@ -13,11 +13,11 @@ import httpx
 
 from hub.context import Hub
 from tests.conftest import Tenant, auth
-from tests.test_campaigns import make_campaign, stats
+from tests.test_campaigns import make_campaign, stats, tenant
 from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms, wait_for
 from tests.test_webhooks import add_provider, add_sender
 
-__all__ = ["carrier", "carrier_log"]  # fixtures shared with test_sending
+__all__ = ["carrier", "carrier_log", "tenant"]  # fixtures shared with other modules
 
 
 async def setup_email(api: httpx.AsyncClient, tenant: Tenant, carrier_url: str) -> str:

@@ -18,10 +18,10 @@ from hub.campaigns import window_closes
 from hub.context import Hub
 from hub.timezones import SendWindow
 from tests.conftest import Tenant, auth
-from tests.test_campaigns import own_carrier, stats
+from tests.test_campaigns import own_carrier, stats, tenant
 from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms, wait_for
 
-__all__ = ["carrier", "carrier_log", "own_carrier"]  # fixtures shared with other modules
+__all__ = ["carrier", "carrier_log", "own_carrier", "tenant"]  # fixtures of other modules
 
 SID = "AC" + "b" * 32
 

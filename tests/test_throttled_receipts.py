@@ -19,8 +19,10 @@ from channels.sandbox_config import CarrierConfig, Latency
 from config.settings import Settings
 from hub.context import Hub
 from tests.conftest import Tenant, auth
-from tests.test_campaigns import make_campaign
+from tests.test_campaigns import make_campaign, tenant
 from tests.test_sending import setup_sms, wait_for
+
+__all__ = ["tenant"]  # its first sub-account has no quiet hours
 
 NUMBER = "+12125550177"
 

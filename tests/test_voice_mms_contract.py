@@ -18,9 +18,11 @@ from channels.twilio_voice import parse_call_status
 from hub.context import Hub
 from hub.status import Status
 from tests.conftest import Tenant, assert_problem, auth
-from tests.test_campaigns import open_window_now, stats
+from tests.test_campaigns import open_window_now, stats, tenant
 from tests.test_sending import wait_for
 from tests.test_webhooks import add_provider, add_sender
+
+__all__ = ["tenant"]  # its first sub-account has no quiet hours
 
 CALLER, TEXTER = "+12125550161", "+12125550162"
 FINAL = ("delivered", "undelivered", "failed")

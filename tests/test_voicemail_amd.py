@@ -23,9 +23,11 @@ from channels.twilio_voice import TwilioVoiceAdapter
 from config.settings import Settings
 from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth
-from tests.test_campaigns import make_campaign
+from tests.test_campaigns import make_campaign, tenant
 from tests.test_sending import wait_for
 from tests.test_webhooks import add_provider, add_sender
+
+__all__ = ["tenant"]  # its first sub-account has no quiet hours
 
 CALLER = "+12125550181"
 PERSON, MACHINE, FAX = "+14155550181", "+14155550182", "+14155550183"
