@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
+from hub.contacts import custom_key
 from hub.errors import Conflict, FieldError, HubError, ValidationFailed
 from hub.phones import phone_region
 from hub.projection import Projection, RecipientSlot, TimelineBucket, eta, project
@@ -386,7 +387,7 @@ def _filter_kind(name: Any) -> str | None:
         return str(name)
     if isinstance(name, str) and name.startswith("custom."):
         key = name[len("custom."):]
-        if 0 < len(key) <= MAX_FIELD_NAME and not any(
+        if 0 < len(key) <= MAX_FIELD_NAME and custom_key(key) and not any(
                 unicodedata.category(ch).startswith("C") for ch in key):
             return "custom"
     return None
@@ -483,7 +484,9 @@ def _filter_sql(f: AudienceFilter, p: Callable[[Any, str], str]) -> str:
     if f.field == "phone_region":
         prefixes = sorted({f"+{phonenumbers.country_code_for_region(str(r))}%" for r in values})
         return f"c.phone LIKE ANY({p(prefixes, 'text[]')})"
-    value = f"c.custom_fields ->> {p(f.field.removeprefix('custom.'), 'text')}"
+    # The key the field is stored under (hub.contacts.custom_key): `custom.Plan` finds what
+    # an import of a `Plan` column stored as `plan`.
+    value = f"c.custom_fields ->> {p(custom_key(f.field.removeprefix('custom.')), 'text')}"
     if f.op == "exists":  # blank counts as absent, as it does for merge fields
         return f"nullif(btrim({value}), '') IS {'NOT ' if f.value else ''}NULL"
     if f.op == "eq":

@@ -21,6 +21,7 @@ from hub.campaigns import (
     parse_audience,
     transition,
 )
+from hub.contacts import custom_key
 from hub.errors import Conflict, ValidationFailed
 from hub.projection import Projection, RecipientSlot, eta, project
 from hub.timezones import SendWindow
@@ -415,7 +416,8 @@ def test_audience_sql_carries_every_user_value_as_a_parameter() -> None:
                  "0b7c4b5e", "America/New_York", "+49"):
         assert text not in sql
     assert [int(n) for n in re.findall(r"\$(\d+)", sql)] == list(range(2, 2 + len(params)))
-    assert [EVIL, "newsletter"] in params and "gold' OR '1'='1" in params and EVIL in params
+    assert [EVIL, "newsletter"] in params and "gold' OR '1'='1" in params
+    assert custom_key(EVIL) in params  # the key as stored, a parameter too
     assert "5" in params and ["America/New_York"] in params and ["+49%"] in params
     assert re.fullmatch(r"[\w\s$:()\[\]&@>=<!.',%*-]+", sql.replace("''", "")), sql
 

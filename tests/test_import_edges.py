@@ -140,3 +140,38 @@ async def test_excel_sep_line_and_blank_lines_before_the_header(
     assert (job["status"], job["created_rows"], report) == ("completed", 1, []), job
     ada = (await _contacts(api, tenant))["+12125556001"]
     assert (ada["first_name"], ada["custom_fields"]) == ("Ada", {"plan": "gold, yearly"})
+
+
+async def test_an_audience_filter_finds_the_custom_field_under_its_stored_key(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A `Plan` column is stored as `plan`: a campaign filtering on `custom.Plan` (as the
+    marketer saw the column) or `custom.plan` finds those contacts, and so do keys stored
+    before the rule, once migration 0019 has rewritten them."""
+    from pathlib import Path
+
+    from tests.test_campaign_fixes import setup
+
+    await setup(hub, api, tenant)  # an SMS sender (and contacts without custom fields)
+    sa, h = f"/v1/sub-accounts/{tenant.sa1}", auth(tenant.sa1_key)
+    job, _ = await _import(api, tenant, b"phone,Plan\n+12125557001,gold\n+12125557002,silver\n")
+    assert job["created_rows"] == 2, job
+    # One contact stored before keys were normalised, as an older hub stored it.
+    await hub.pool.execute(
+        """INSERT INTO contacts (sub_account_id, phone, custom_fields)
+           VALUES ($1, '+12125557003', '{"Plan": "gold", "Zoë Key": 1, "#": 2}')""",
+        tenant.sa1)
+    migration = Path(__file__).parents[1] / "hub/migrations/0019_custom_field_keys.sql"
+    await hub.pool.execute(migration.read_text())
+    stored = await hub.pool.fetchval(
+        "SELECT custom_fields FROM contacts WHERE sub_account_id = $1 AND phone = $2",
+        tenant.sa1, "+12125557003")
+    assert stored == {"plan": "gold", "Zoë Key": 1, "#": 2}  # ASCII keys rewritten only
+    for field in ("custom.Plan", "custom.plan"):
+        r = await api.post(f"{sa}/campaigns", headers=h, json={
+            "name": "Gold", "channel": "sms", "body": "Hi",
+            "audience": {"filters": [{"field": field, "op": "eq", "value": "gold"}]}})
+        assert r.status_code == 201, r.text
+        dry = await api.post(f"{sa}/campaigns/{r.json()['id']}/dry-run", headers=h)
+        assert dry.status_code == 200, dry.text
+        assert dry.json()["recipients"] == 2, (field, dry.json())
