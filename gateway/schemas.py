@@ -177,6 +177,16 @@ class ProviderAccountPatch(Input):
     base_url: HttpUrl | None = None
     config: dict[str, Any] | None = None
 
+    @field_validator("name", "account_id", "secret", "config")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        """Left out keeps a field; null would empty one an account cannot be without (an
+        SMTP relay without AUTH has an empty account_id and secret, not null ones). Only
+        `base_url` may be cleared, back to the provider's own endpoint."""
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep it")
+        return value
+
 
 class ProviderAccountOut(Output):
     id: UUID

@@ -98,6 +98,13 @@ async def test_a_nul_in_any_json_body_is_a_problem_naming_the_field(
         r = await api.get(url, headers=h, params=params)
         [field] = params
         assert assert_problem(r, 422, field=field)["errors"][0]["code"] == "nul_character"
+    # A null for a provider account's name, credentials or config is refused by name (was
+    # a 500 from PostgreSQL's NOT NULL; found by review R5); base_url may go back to null.
+    for field in ("name", "account_id", "secret", "config"):
+        r = await api.patch(f"{sa}/providers/{provider}", headers=h, json={field: None})
+        assert_problem(r, 422, "validation_failed", field=field)
+    r = await api.patch(f"{sa}/providers/{provider}", headers=h, json={"base_url": None})
+    assert r.status_code == 200 and r.json()["base_url"] is None, r.text
 
 
 async def test_a_nul_in_a_twilio_callback_is_stored_as_a_replacement_character(
