@@ -371,6 +371,13 @@ def open_window_now() -> tuple[str, str]:
     return f"{(h - 1) % 24:02d}:00", f"{(h + 3) % 24:02d}:00"
 
 
+def sending_hours_now() -> dict[str, str]:
+    """A sub-account's quiet hours whose sending hours are `open_window_now`: a campaign's
+    window must lie inside them, and a benchmark sends whatever the time of day."""
+    start, end = open_window_now()
+    return {"quiet_start": end, "quiet_end": start}
+
+
 @dataclass
 class Live:
     """What the bench knows while the campaign runs."""
@@ -437,7 +444,8 @@ class CampaignBench:
             _, key = await actions.do_create_agency(hub, "bench")
             async with httpx.AsyncClient(base_url=gateway_url, timeout=600, headers={
                     "Authorization": f"Bearer {key}"}) as api:
-                sa = (await _ok(api.post("/v1/sub-accounts", json={"name": "bench"})))["id"]
+                sa = (await _ok(api.post("/v1/sub-accounts", json={
+                    "name": "bench", **sending_hours_now()})))["id"]
                 numbers = await self._senders(api, sa, carrier_url)
             started = time.perf_counter()
             conversations = await self._seed(hub, sa)

@@ -23,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -41,6 +42,7 @@ from hub.bench_campaign import (
     _ok,
     _percentile,
     open_window_now,
+    sending_hours_now,
 )
 from hub.context import Hub
 from hub.crypto import hash_api_key
@@ -162,7 +164,9 @@ class Density:
     async def _sub_accounts(self, hub: Hub, principal: Principal, api: httpx.AsyncClient,
                             carrier_url: str, n: int, offset: int) -> list[str]:
         async def one(i: int) -> str:
-            sa = await actions.do_create_sub_account(hub, principal, {"name": f"sa {i}"})
+            sa = await actions.do_create_sub_account(hub, principal, {
+                "name": f"sa {i}", **{k: dt_time.fromisoformat(v)
+                                      for k, v in sending_hours_now().items()}})
             sa_id = str(sa["id"])
             p = await _ok(api.post(f"/v1/sub-accounts/{sa_id}/providers", json={
                 "provider": "twilio", "name": "sandbox", "account_id": "AC" + "d" * 32,
