@@ -550,6 +550,7 @@ class CampaignOut(Output):
     audience: dict[str, Any]
     body: str
     subject: str | None
+    html: str | None = Field(description="an email campaign's HTML part, if it has one")
     media_urls: list[str]
     voice: dict[str, Any] | None
     sender_ids: list[UUID]

@@ -258,6 +258,11 @@ async def test_email_html_reaches_the_provider(
         uuid.UUID(tenant.sa1))
     c = await make_campaign(api, tenant, channel="email", subject="News", body="Hi",
                             html="<h1>Hi {{first_name}}</h1>")
+    # The campaign's answers show the HTML part it keeps (found by review R5).
+    assert c["html"] == "<h1>Hi {{first_name}}</h1>"
+    got = await api.get(f"/v1/sub-accounts/{tenant.sa1}/campaigns/{c['id']}",
+                        headers=auth(tenant.sa1_key))
+    assert got.json()["html"] == c["html"], got.text
     emails = await _launched_emails(api, tenant, carrier_log, c, 2)
     assert sorted((q["to"], q["html"], q["body"]) for q in emails) == [
         ("pat@example.com", "<h1>Hi Pat</h1>", "Hi"),
