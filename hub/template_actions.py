@@ -11,7 +11,7 @@ import asyncpg
 
 from hub.campaigns import ContentCheck, check_content
 from hub.context import Hub
-from hub.errors import Conflict, FieldError, NotFound
+from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
 from hub.store import contacts as contact_store
 from hub.store import templates as store
 from hub.templates import merge_variables
@@ -19,7 +19,13 @@ from hub.templates import merge_variables
 Row = dict[str, Any]
 
 
-def _checked(fields: Row) -> Row:
+def _checked(fields: Row, given: Row) -> Row:
+    """`fields` as they would be stored, `given` what the request sent: a subject sent for a
+    template that is not an email is refused, where it used to be dropped without a word; one
+    left from an email template turned into a text goes quietly."""
+    if given.get("subject") is not None and fields["channel"] != "email":
+        raise ValidationFailed.field("subject", f"only email templates have a subject; a "
+                                     f"{fields['channel']} template sends its body", "not_allowed")
     check_content(fields["channel"], fields["body"], fields.get("subject"),
                   fields["media_urls"])
     return {**fields, "subject": fields.get("subject") if fields["channel"] == "email" else None}
@@ -33,7 +39,7 @@ def _name_taken(name: str) -> Conflict:
 
 async def do_create_template(hub: Hub, sa_id: UUID, data: Row) -> Row:
     fields = _checked({f: data.get(f) for f in store.FIELDS} | {
-        "body": data.get("body") or "", "media_urls": data.get("media_urls") or []})
+        "body": data.get("body") or "", "media_urls": data.get("media_urls") or []}, data)
     async with hub.transaction() as tx:
         try:
             row = await store.insert(tx.conn, sa_id, fields)
@@ -50,7 +56,7 @@ async def do_update_template(hub: Hub, sa_id: UUID, id_: UUID, changes: Row) -> 
         current = await store.get(tx.conn, sa_id, id_, lock=True)
         if current is None:
             raise NotFound("no such template", code="template_not_found")
-        fields = _checked({f: current[f] for f in store.FIELDS} | changes)
+        fields = _checked({f: current[f] for f in store.FIELDS} | changes, changes)
         try:
             row = await store.update(tx.conn, sa_id, id_, fields)
         except asyncpg.UniqueViolationError as exc:

@@ -69,6 +69,8 @@ async def test_a_template_is_checked_like_a_campaign(api: httpx.AsyncClient,
                    field="media_urls")
     assert_problem(await _create(api, tenant, channel="fax"), 422, field="channel")
     assert_problem(await _create(api, tenant, name=""), 422, field="name")
+    # A subject only an email could carry is refused, not dropped (found by review R5).
+    assert_problem(await _create(api, tenant, subject="Hello"), 422, field="subject")
     assert_problem(await _create(api, tenant, colour="red"), 422, field="colour")
 
     t = (await _create(api, tenant)).json()
@@ -90,6 +92,8 @@ async def test_a_template_is_checked_like_a_campaign(api: httpx.AsyncClient,
     r = await api.patch(_url(tenant.sa1, t["id"]), headers=h,
                         json={"channel": "email", "subject": "Welcome aboard"})
     assert r.status_code == 200 and r.json()["subject"] == "Welcome aboard", r.text
+    assert_problem(await api.patch(_url(tenant.sa1, other["id"]), headers=h,
+                                   json={"subject": "x"}), 422, field="subject")
     assert (await api.get(_url(tenant.sa1, other["id"]), headers=h)).json()["name"] == "Other"
 
 
