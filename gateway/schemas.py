@@ -21,32 +21,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hub.json_values import find_leaf, has_nul
+
 T = TypeVar("T")
-
-
-def _nul_at(value: Any, path: str) -> str | None:
-    """The path of the first string in `value` (keys of mappings included) holding a NUL
-    character, or None: PostgreSQL stores no NUL in text or JSON."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = _nul_at(k, path) or _nul_at(v, f"{path}.{k}")
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            found = _nul_at(v, f"{path}[{i}]")
-            if found:
-                return found
-    return None
 
 
 def _refuse_nul(value: Any, info: ValidationInfo) -> Any:
     """`value`, or a validation error if a string in it holds a NUL character."""
     field = info.field_name or ""
-    where = _nul_at(value, field)
-    if where is not None:
+    found = find_leaf(value, field, has_nul)
+    if found is not None:
+        where = found[0]
         at = "" if where == field else f" at {where}"
         raise PydanticCustomError("nul_character",
                                   "contains a NUL character (\\u0000){at}; remove it",

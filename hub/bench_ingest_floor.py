@@ -62,6 +62,7 @@ from hub.bench_webhooks import (
     _ms,
     _percentile,
     drive,
+    run_and_report,
     sign_callbacks,
 )
 from hub.bench_webhooks_clients import BenchError
@@ -539,16 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.width = 140
     bench = FloorBench(requests=max(args.requests, RESENT), rounds=max(1, args.rounds),
                        concurrency=args.concurrency)
-    try:
-        result = bench.run(Settings(), console)
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print_report(result, console)
-    print(json.dumps(result), flush=True)
-    return 0
+    return run_and_report(lambda: bench.run(Settings(), console), print_report, console)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -877,14 +877,21 @@ def main(argv: list[str] | None = None) -> int:
                         gateway_loop=args.gateway_loop, workers=max(1, args.workers),
                         profile_dir=args.profile,
                         extra_messages=max(0, args.extra_messages))
+    return run_and_report(lambda: plan.run(settings, console), print_report, console)
+
+
+def run_and_report(run: Callable[[], dict[str, Any]],
+                   report: Callable[[dict[str, Any], Console], None], console: Console) -> int:
+    """A benchmark's exit code: its table on stderr and its JSON result as the last line of
+    stdout, or why it failed."""
     try:
-        result = plan.run(settings, console)
+        result = run()
     except BenchError as exc:
         console.print(f"[red]benchmark failed:[/red] {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
-    print_report(result, console)
+    report(result, console)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from hub.emails import email_key, normalize_email
 from hub.errors import FieldError, HubError, ValidationFailed
+from hub.json_values import find_leaf, has_nul
 from hub.phones import normalize_phone
 from hub.timezones import validate_timezone
 
@@ -32,27 +33,22 @@ def custom_key(name: str) -> str:
     return "_".join(_WORD.findall(name.lower()))
 
 
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def _unstorable(value: Any, path: str) -> tuple[str, str, str] | None:
     """(path, message, code) of the first value in `value` that PostgreSQL's JSON cannot
     hold: a string with a NUL character, or a NaN or infinite number (which Python's
     JSON reads and writes, but which are not JSON)."""
-    if isinstance(value, str):
-        return (path, "holds a NUL character (\\u0000); remove it",
-                "nul_character") if "\x00" in value else None
-    if isinstance(value, float) and not math.isfinite(value):
-        written = "NaN" if math.isnan(value) else "-Infinity" if value < 0 else "Infinity"
-        return path, f"{written} is not a JSON number; send a finite number", "invalid_number"
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            found = _unstorable(k, path) or _unstorable(v, f"{path}.{k}")
-            if found:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            found = _unstorable(v, f"{path}[{i}]")
-            if found:
-                return found
-    return None
+    found = find_leaf(value, path, lambda v: has_nul(v) or _not_finite(v))
+    if found is None:
+        return None
+    at, leaf = found
+    if isinstance(leaf, str):
+        return at, "holds a NUL character (\\u0000); remove it", "nul_character"
+    written = "NaN" if math.isnan(leaf) else "-Infinity" if leaf < 0 else "Infinity"
+    return at, f"{written} is not a JSON number; send a finite number", "invalid_number"
 
 
 def phone_search(q: str, default_region: str) -> str:

@@ -15,21 +15,11 @@ import pytest
 from hub.context import Hub
 from hub.db import migration_files
 from hub.store import sending as store
+from tests.test_send_store import _account
 
 OWNER = "shard-clash"
 SID = "SM" + "c" * 32
 TO = "+12125550100"
-
-
-async def _account(hub: Hub) -> tuple[uuid.UUID, uuid.UUID]:
-    agency = await hub.pool.fetchval(
-        "INSERT INTO agencies (name) VALUES ('clash') RETURNING id")
-    sa = await hub.pool.fetchval(
-        "INSERT INTO sub_accounts (agency_id, name) VALUES ($1, 'sa') RETURNING id", agency)
-    pa = await hub.pool.fetchval(
-        """INSERT INTO provider_accounts (sub_account_id, provider, name, account_id,
-               secret_encrypted) VALUES ($1, 'twilio', 'p', 'AC1', '\\x00') RETURNING id""", sa)
-    return sa, pa
 
 
 async def _message(hub: Hub, sa: uuid.UUID, pa: uuid.UUID, to: str, *, status: str = "queued",
@@ -50,7 +40,7 @@ async def _message(hub: Hub, sa: uuid.UUID, pa: uuid.UUID, to: str, *, status: s
 
 async def test_a_clashing_provider_id_keeps_the_batch_and_the_status(
         hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
-    sa, pa = await _account(hub)
+    sa, pa = await _account(hub, "clash")
     await _message(hub, sa, pa, TO, status="delivered", pid=SID)  # an earlier run's
     clash = await _message(hub, sa, pa, TO)
     others = [await _message(hub, sa, pa, f"+1212555020{i}") for i in range(3)]
@@ -82,7 +72,7 @@ async def test_a_clashing_provider_id_keeps_the_batch_and_the_status(
 
 async def test_a_case_different_recipient_clashes_too(hub: Hub) -> None:
     """The index compares addresses in lower case, and so does the check."""
-    sa, pa = await _account(hub)
+    sa, pa = await _account(hub, "clash")
     await _message(hub, sa, pa, "Ann@Example.org", status="sent", pid=SID)
     mid = await _message(hub, sa, pa, "ann@example.org")
     await store.begin_sending(hub.pool, OWNER, [mid], 30.0)
@@ -93,7 +83,7 @@ async def test_a_case_different_recipient_clashes_too(hub: Hub) -> None:
 
 
 async def test_the_provider_backfill_skips_rows_that_would_clash(hub: Hub) -> None:
-    sa, pa = await _account(hub)
+    sa, pa = await _account(hub, "clash")
     held = await _message(hub, sa, pa, TO, status="sent", pid=SID)  # a single send's
     behind_held = await _message(hub, sa, pa, TO, status="sent", provider=None, pid=SID)
     # The same SID to one recipient twice among campaign messages (two demo runs).

@@ -12,9 +12,10 @@ from hub.store import sending as store
 OWNER = "shard-a"
 
 
-async def _account(hub: Hub) -> tuple[uuid.UUID, uuid.UUID]:
+async def _account(hub: Hub, agency_name: str = "send store") -> tuple[uuid.UUID, uuid.UUID]:
+    """A sub-account and its Twilio provider account, written directly."""
     agency = await hub.pool.fetchval(
-        "INSERT INTO agencies (name) VALUES ('send store') RETURNING id")
+        "INSERT INTO agencies (name) VALUES ($1) RETURNING id", agency_name)
     sa = await hub.pool.fetchval(
         "INSERT INTO sub_accounts (agency_id, name) VALUES ($1, 'sa') RETURNING id", agency)
     pa = await hub.pool.fetchval(
