@@ -328,7 +328,8 @@ class SenderCore:
         voice = row["voice"] or None
         return OutboundMessage(
             message_id=str(row["id"]), channel=channel, to=row["to_address"],
-            from_=row["from_address"], body=row["body"] or "", subject=row["subject"],
+            from_=row["from_address"], from_name=row.get("from_name"),
+            body=row["body"] or "", subject=row["subject"],
             html=row["html"],
             media_urls=tuple(row["media_urls"] or ()), status_callback_url=callback,
             voice=VoiceScript(**voice) if voice else None,

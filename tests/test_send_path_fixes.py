@@ -269,6 +269,34 @@ async def test_email_html_reaches_the_provider(
         ("sam@example.com", "<p>Thanks, <b>Sam</b></p>", "Thanks")]
 
 
+# --- 7. the sender's display name ---------------------------------------------------------
+
+
+async def test_an_email_leaves_with_its_senders_display_name(
+    hub: Hub, api: httpx.AsyncClient, tenant: Tenant, carrier: Any,
+    carrier_log: httpx.AsyncClient
+) -> None:
+    # Found by review R6: the sender's from_name was stored but every email left without it.
+    pa = await add_provider(api, tenant, tenant.sa1, tenant.sa1_key, provider="sendgrid",
+                            account_id="sg", secret="SG.test", base_url=carrier.url)
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/senders", headers=auth(tenant.sa1_key),
+                       json={"provider_account_id": pa, "channel": "email", "kind": "email",
+                             "address": "clinic@acme.example", "from_name": "Acme Clinic"})
+    assert r.status_code == 201, r.text
+    r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/messages",
+                       headers={**auth(tenant.sa1_key), "Idempotency-Key": "named"},
+                       json={"channel": "email", "to": "pat@example.com",
+                             "subject": "Your visit", "body": "See you at 10"})
+    assert r.status_code == 202, r.text
+
+    async def sent() -> list[dict[str, Any]] | None:
+        emails = [q for q in await carrier_requests(carrier_log) if q["channel"] == "email"]
+        return emails or None
+
+    emails = await wait_for(sent, timeout=30)
+    assert [(q["to"], q["from_name"]) for q in emails] == [("pat@example.com", "Acme Clinic")]
+
+
 # --- 5. a resumed campaign -----------------------------------------------------------------
 
 

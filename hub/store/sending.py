@@ -155,7 +155,9 @@ async def begin_sending(conn: Conn, owner: str, ids: list[UUID], lease_s: float)
                      m.to_address, m.subject, m.html, m.body, m.media_urls, m.voice,
                      m.contact_id, m.campaign_id, m.priority, m.provider_account_id,
                      p.provider, p.account_id, p.secret_encrypted, p.base_url, p.config,
-                     p.updated_at AS account_updated_at""",
+                     p.updated_at AS account_updated_at,
+                     (SELECT s.from_name FROM senders s WHERE s.id = m.sender_id)
+                       AS from_name""",
         owner, ids, lease_s,
     )
     return [dict(r) for r in rows if r["status"] == "sending"]
