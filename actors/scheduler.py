@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 
 from actors.loops import round_failed
 from hub import events
-from hub.campaigns import FailureWindow, transition, window_closes
+from hub.campaigns import EMPTY_MESSAGE, FailureWindow, empty_part, transition, window_closes
 from hub.errors import ValidationFailed
 from hub.segments import count_segments
 from hub.sender_pool import choose_weighted
@@ -355,6 +355,10 @@ class SchedulerCore:
                     skipped.append((c["id"], r["contact_id"], "suppressed"))
                     continue
                 m = plan.message(r, to)
+                # A call's audio is in its script already (voice_script at create).
+                if empty_part(m["channel"], m["body"], m["html"], (), m["voice"]) is not None:
+                    skipped.append((c["id"], r["contact_id"], EMPTY_MESSAGE))
+                    continue
                 closes = None
                 if not email:
                     tz = contact_timezone(r["timezone"], r["phone"], c["sa_timezone"])

@@ -15,15 +15,22 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    ValidationError,
     ValidationInfo,
     computed_field,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from hub.json_values import find_leaf, has_nul
+from hub.json_values import find_leaf, has_nul, not_finite_message, unstorable
 
 T = TypeVar("T")
+
+
+def _nul_error(where: str, field: str) -> PydanticCustomError:
+    at = "" if where == field else f" at {where}"
+    return PydanticCustomError("nul_character",
+                               "contains a NUL character (\\u0000){at}; remove it", {"at": at})
 
 
 def _refuse_nul(value: Any, info: ValidationInfo) -> Any:
@@ -31,12 +38,27 @@ def _refuse_nul(value: Any, info: ValidationInfo) -> Any:
     field = info.field_name or ""
     found = find_leaf(value, field, has_nul)
     if found is not None:
-        where = found[0]
-        at = "" if where == field else f" at {where}"
-        raise PydanticCustomError("nul_character",
-                                  "contains a NUL character (\\u0000){at}; remove it",
-                                  {"at": at})
+        raise _nul_error(found[0], field)
     return value
+
+
+def _refuse_unstorable(value: Any, info: ValidationInfo) -> Any:
+    """`value`, or a validation error if it holds what PostgreSQL cannot store: a NUL
+    character (named at the field, where in the message), or a NaN or infinite number,
+    which Python's JSON reads but which is not JSON (named at its path, as
+    `custom_fields.score` or `audience.filters[0].value`, where free JSON holds it)."""
+    field = info.field_name or ""
+    found = find_leaf(value, field, unstorable)
+    if found is None:
+        return value
+    where, leaf = found
+    if isinstance(leaf, str):
+        raise _nul_error(where, field)
+    # A ValidationError raised here keeps its loc, under the field's: the rest of the path.
+    inner = where[len(field):].removeprefix(".")
+    raise ValidationError.from_exception_data("body", [InitErrorDetails(
+        type=PydanticCustomError("invalid_number", not_finite_message(leaf)),
+        loc=(inner,) if inner else (), input=leaf)])
 
 
 #: For a free-text query parameter, after its Query(): it refuses NUL as request bodies do.
@@ -65,9 +87,10 @@ class Input(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
-        """Every field of every request body, nested values included, refuses NUL."""
-        return _refuse_nul(value, info)
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every field of every request body, nested values included, refuses NUL and
+        non-finite numbers, so no route can hand PostgreSQL what it cannot store."""
+        return _refuse_unstorable(value, info)
 
 
 class Output(BaseModel):
@@ -89,9 +112,13 @@ class SubAccountIn(Input):
                                 description="ISO 3166 region for national-format numbers")
     timezone: str = Field("America/New_York", description="IANA time zone")
     help_text: str = Field("", max_length=480)
-    quiet_start: WallClockTime = Field(time(21),
-                                       description="start of the no-bulk window, local time")
-    quiet_end: WallClockTime = Field(time(8), description="end of the no-bulk window, local time")
+    quiet_start: WallClockTime = Field(
+        time(21), description="start of the no-bulk window, on each contact's clock. Every "
+                              "sub-account has quiet hours: a start equal to the end is 422 "
+                              "empty_quiet_hours (the shortest are a minute)")
+    quiet_end: WallClockTime = Field(
+        time(8), description="end of the no-bulk window, on each contact's clock; differs "
+                             "from quiet_start")
 
 
 class SubAccountPatch(Input):
@@ -99,8 +126,11 @@ class SubAccountPatch(Input):
     default_region: str | None = Field(None, min_length=2, max_length=2)
     timezone: str | None = None
     help_text: str | None = Field(None, max_length=480)
-    quiet_start: WallClockTime | None = None
-    quiet_end: WallClockTime | None = None
+    quiet_start: WallClockTime | None = Field(
+        None, description="as on create; the hours that result must differ (422 "
+                          "empty_quiet_hours), and contain every launched campaign's window "
+                          "(409 outside_sending_hours)")
+    quiet_end: WallClockTime | None = Field(None, description="as quiet_start")
 
 
 class SubAccountOut(Output):
@@ -240,14 +270,51 @@ class ContactIn(Input):
     custom_fields: dict[str, Any] = Field(default_factory=dict)
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """The schema of a PATCH field that may be left out (so None in Python) but not sent
+    as null: without the null branch and the `"default": null` Pydantic writes for it."""
+    schema.pop("default", None)
+    for kind in schema.pop("anyOf", []):
+        if kind.get("type") != "null":
+            schema.update(kind)
+
+
+#: What empties each PATCH field that cannot be null.
+_EMPTY = {"first_name": '""', "last_name": '""', "tags": "[]", "custom_fields": "{}"}
+
+
 class ContactPatch(Input):
-    phone: str | None = Field(None, max_length=64)
-    email: str | None = Field(None, max_length=320)
-    first_name: str | None = Field(None, max_length=200)
-    last_name: str | None = Field(None, max_length=200)
-    timezone: str | None = None
-    tags: list[str] | None = Field(None, max_length=100)
-    custom_fields: dict[str, Any] | None = None
+    """A change to a contact: the fields given replace the stored ones (`tags` and
+    `custom_fields` whole; the upsert is what merges them); fields left out stay. Only
+    `phone`, `email` and `timezone` may be null, which clears them (a contact keeps a phone
+    or an email). The others are never null on a contact, so null is refused (422) rather
+    than read as "empty": send `""`, `[]` or `{}` to empty them."""
+
+    phone: str | None = Field(None, max_length=64, description="null clears it")
+    email: str | None = Field(None, max_length=320, description="null clears it")
+    first_name: str | None = Field(None, max_length=200, description='"" clears it; not null',
+                                   json_schema_extra=_not_nullable)
+    last_name: str | None = Field(None, max_length=200, description='"" clears it; not null',
+                                  json_schema_extra=_not_nullable)
+    timezone: str | None = Field(None, description="IANA time zone; null: the zone of the "
+                                 "contact's number, else the sub-account's")
+    tags: list[str] | None = Field(None, max_length=100, description="replaces every tag; "
+                                   "[] removes them all; not null",
+                                   json_schema_extra=_not_nullable)
+    custom_fields: dict[str, Any] | None = Field(None, description="replaces every custom "
+                                                 "field; {} removes them all; not null",
+                                                 json_schema_extra=_not_nullable)
+
+    @field_validator("first_name", "last_name", "tags", "custom_fields", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        """Null is refused by name: a client that sends every field, null for those it
+        does not mean to change, would otherwise wipe tags and custom fields."""
+        if value is None:
+            raise PydanticCustomError(
+                "null_not_allowed", "cannot be null: leave the field out to keep it, or "
+                "send {empty} to empty it", {"empty": _EMPTY[info.field_name or ""]})
+        return value
 
 
 class ContactOut(Output):
@@ -447,8 +514,10 @@ class CampaignIn(Input):
                     '"exclude_tags": [...], "contact_ids": [...], "filters": [...]} or '
                     '{"all_contacts": true}')
     template_id: UUID | None = Field(
-        None, description="a saved template of the same channel: its body, subject and "
-                          "media are copied unless given here")
+        None, description="a saved template of the same channel: its body, subject, HTML "
+                          "and media are copied unless given here, and the campaign keeps "
+                          "template_id to say where its text came from. The copy is the "
+                          "campaign's own: a later edit of the template changes no campaign")
     body: str | None = Field(None, max_length=100_000,
                              description="text with {{merge_fields}}")
     subject: str | None = Field(None, max_length=998)
@@ -493,8 +562,10 @@ class CampaignPatch(Input):
     channel: Literal["sms", "mms", "email", "voice"] | None = None
     audience: dict[str, Any] | None = None
     template_id: UUID | None = Field(
-        None, description="a saved template of the campaign's channel: its body, subject and "
-                          "media replace the campaign's unless given here")
+        None, description="a draft only: a saved template of the campaign's channel, copied "
+                          "afresh (its body, subject, HTML and media replace the draft's "
+                          "unless given here), which is how a draft takes up a template's "
+                          "later edits; null forgets the template and keeps the text")
     body: str | None = Field(None, max_length=100_000)
     subject: str | None = Field(None, max_length=998)
     html: str | None = Field(None, max_length=500_000)
@@ -533,6 +604,9 @@ class CampaignOut(Output):
     channel: str
     status: str
     audience: dict[str, Any]
+    template_id: UUID | None = Field(
+        description="the saved template the text was copied from (at create, or by a draft's "
+                    "PATCH); null when written by hand, or once the template is deleted")
     body: str
     subject: str | None
     html: str | None = Field(description="an email campaign's HTML part, if it has one")
@@ -612,6 +686,8 @@ class TemplateIn(Input):
     channel: Literal["sms", "mms", "email", "voice"]
     body: str = Field("", max_length=100_000, description="text with {{merge_fields}}")
     subject: str | None = Field(None, max_length=998, description="email only")
+    html: str | None = Field(None, max_length=500_000,
+                             description="email only: the HTML part, with {{merge_fields}}")
     media_urls: list[HttpUrl] = Field(default_factory=list, max_length=10,
                                       description="MMS media, or a voice call's audio")
 
@@ -621,13 +697,14 @@ class TemplatePatch(Input):
     channel: Literal["sms", "mms", "email", "voice"] | None = None
     body: str | None = Field(None, max_length=100_000)
     subject: str | None = Field(None, max_length=998)
+    html: str | None = Field(None, max_length=500_000)
     media_urls: list[HttpUrl] | None = Field(None, max_length=10)
 
     @field_validator("name", "channel", "body", "media_urls")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         """Left out keeps a field; null would empty one a template cannot be without (only
-        `subject` may be cleared)."""
+        `subject` and `html` may be cleared)."""
         if value is None:
             raise ValueError("cannot be null: leave the field out to keep it")
         return value
@@ -640,6 +717,7 @@ class TemplateOut(Output):
     channel: str
     body: str
     subject: str | None
+    html: str | None
     media_urls: list[str]
     created_at: datetime
     updated_at: datetime

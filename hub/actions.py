@@ -4,6 +4,8 @@ durable log and publishes them after commit. Nothing else writes tenant data."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -77,23 +79,36 @@ def _clean_sub_account(fields: Row) -> Row:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _check_quiet_hours(row: Row) -> None:
-    """Quiet hours that start where they end would be empty; campaigns take their window
-    from them, where an empty window is refused too (hub.campaigns.campaign_window)."""
-    if row["quiet_start"] == row["quiet_end"]:
-        at = row["quiet_start"].strftime("%H:%M")
-        raise ValidationFailed.field(
-            "quiet_start", f"quiet hours from {at} to {at} are empty; give a start and an end "
-            "that differ (21:00 to 08:00 is usual; 23:59 to 00:00 leaves campaigns every hour "
-            "but one minute)", "empty_quiet_hours")
+#: The database's own refusal of quiet hours that start where they end (migration 0022).
+QUIET_HOURS_DIFFER = "sub_accounts_quiet_hours_differ"
+
+
+@contextmanager
+def _quiet_hours_differ(fields: Row) -> Iterator[None]:
+    """Every sub-account has quiet hours: ones that start where they end read as "never" as
+    much as "always" (and campaigns take their default window from them), so the database
+    refuses them. That refusal becomes a 422 naming the fields given (`fields`, the
+    request's): one equal to the other given, or to the one stored."""
+    try:
+        yield
+    except asyncpg.CheckViolationError as exc:
+        if exc.constraint_name != QUIET_HOURS_DIFFER:
+            raise
+        given = [f for f in ("quiet_start", "quiet_end") if f in fields]
+        at = fields[given[0]].strftime("%H:%M")
+        message = (f"quiet hours from {at} to {at} are empty; give a start and an end that "
+                   "differ (21:00 to 08:00 is usual; 23:59 to 00:00 leaves campaigns every "
+                   "hour but one minute). Quiet hours cannot be turned off")
+        raise ValidationFailed(f"{' and '.join(given)}: {message}", errors=[
+            FieldError(f, message, "empty_quiet_hours") for f in given]) from None
 
 
 async def do_create_sub_account(hub: Hub, principal: Principal, fields: Row) -> Row:
     principal.require_agency()
     fields = _clean_sub_account(dict(fields))
     async with hub.transaction() as tx:
-        row = await tenants.insert_sub_account(tx.conn, principal.agency_id, fields)
-        _check_quiet_hours(row)
+        with _quiet_hours_differ(fields):
+            row = await tenants.insert_sub_account(tx.conn, principal.agency_id, fields)
         tx.emit(row["id"], "sub_account.created", row)
     return row
 
@@ -101,13 +116,12 @@ async def do_create_sub_account(hub: Hub, principal: Principal, fields: Row) -> 
 async def do_update_sub_account(hub: Hub, sub_account_id: UUID, fields: Row) -> Row:
     fields = _clean_sub_account(dict(fields))
     async with hub.transaction() as tx:
-        row = await tenants.update_sub_account(tx.conn, sub_account_id, fields)
+        with _quiet_hours_differ(fields):
+            row = await tenants.update_sub_account(tx.conn, sub_account_id, fields)
         if row is None:
             raise NotFound("no such sub-account", code="sub_account_not_found")
-        # Only a change of quiet hours is checked: a sub-account stored with equal ones (no
-        # quiet hours) before they were refused still takes a new name or help text.
+        # A new name or help text leaves the live campaigns' windows as they were.
         if "quiet_start" in fields or "quiet_end" in fields:
-            _check_quiet_hours(row)
             await check_live_windows(tx.conn, row)
         tx.emit(sub_account_id, "sub_account.updated", row)
     return row

@@ -97,9 +97,9 @@ async def _checked(conn: Any, sa: Row, data: Row) -> Row:
     await _check_contact_ids(conn, sa["id"], list(audience.contact_ids))
     return {
         "name": data["name"], "channel": channel, "audience": audience.to_json(),
-        "body": data.get("body") or "", "subject": data.get("subject"),
-        "html": data.get("html"), "media_urls": media, "voice": script,
-        "sender_ids": found, "start_at": data.get("start_at"),
+        "template_id": data.get("template_id"), "body": data.get("body") or "",
+        "subject": data.get("subject"), "html": data.get("html"), "media_urls": media,
+        "voice": script, "sender_ids": found, "start_at": data.get("start_at"),
         "window_start": window.start, "window_end": window.end,
         "rate_cap": data.get("rate_cap"), "failure_threshold": data["failure_threshold"],
     }
@@ -109,7 +109,10 @@ async def do_update_campaign(hub: Hub, sa: Row, id_: UUID, changes: Row) -> Row:
     """Edits a draft: `changes` (fields of the create) replace the stored ones, and the
     campaign as changed is checked as a create is. A launched campaign keeps what it sends
     and to whom; only its name, a label, may change. The row is locked, so an edit racing a
-    launch lands wholly before it (the launch sends the edit) or is refused after it."""
+    launch lands wholly before it (the launch sends the edit) or is refused after it.
+
+    A draft keeps the text it has when its template is edited: only a PATCH naming the
+    template copies it again (and one with template_id null forgets the template)."""
     async with hub.transaction() as tx:
         c = await _locked(tx, sa["id"], id_)
         if not changes:
@@ -126,12 +129,15 @@ async def do_update_campaign(hub: Hub, sa: Row, id_: UUID, changes: Row) -> Row:
             fields = {k: v for k, v in changes.items() if k == "name"}
         else:
             fields = await _checked(tx.conn, sa, await _edited(tx.conn, sa, c, changes))
+            if "template_id" not in changes:  # kept, not copied again
+                fields["template_id"] = c["template_id"]
         row = await store.update(tx.conn, sa["id"], id_, fields)
         tx.emit(sa["id"], "campaign.updated", snapshot(row), f"campaign:{id_}")
     return row
 
 
-#: What a draft stores of the create's fields (a template's text is copied in, not named).
+#: What a draft stores of the create's fields and is checked again on an edit (its
+#: template_id is kept as it is, not copied from again).
 _FIELDS = ("name", "channel", "audience", "body", "subject", "html", "media_urls", "voice",
            "sender_ids", "start_at", "window_start", "window_end", "rate_cap",
            "failure_threshold")
@@ -159,13 +165,14 @@ async def _edited(conn: Any, sa: Row, c: Row, changes: Row) -> Row:
             "SELECT id FROM senders WHERE id = ANY($1::uuid[]) AND sub_account_id = $2",
             c["sender_ids"], sa["id"])]
     if changes.get("template_id") is not None:
-        data.update(body=None, subject=None, media_urls=None)
+        data.update(body=None, subject=None, html=None, media_urls=None)
     return data | changes
 
 
 async def _from_template(conn: Any, sa: Row, data: Row) -> Row:
     """`data` with the saved template's text where none is given (copied: a later edit of
-    the template does not change the campaign)."""
+    the template does not change the campaign). The template's HTML goes with its body: it
+    is not copied beside a body of the request's own, which it would contradict."""
     template = await template_store.get(conn, sa["id"], data["template_id"])
     if template is None:
         raise ValidationFailed.field("template_id", "no such template in this sub-account",
@@ -174,23 +181,28 @@ async def _from_template(conn: Any, sa: Row, data: Row) -> Row:
         raise ValidationFailed.field(
             "template_id", f"the template is for {template['channel']}, the campaign for "
             f"{data['channel']}", "channel_mismatch")
-    return data | {f: template[f] for f in ("body", "subject", "media_urls")
-                   if data.get(f) is None}
+    parts = ("subject", "media_urls") + (("body", "html") if data.get("body") is None else ())
+    return data | {f: template[f] for f in parts if data.get(f) is None}
 
 
 async def do_duplicate_campaign(hub: Hub, sa: Row, id_: UUID) -> Row:
     """A new draft with the campaign's content, audience, window and limits (not its start
     time), sending through those of its senders that still exist: how a finished or
-    canceled campaign is sent again."""
+    canceled campaign is sent again. It names the campaign's template while that is still
+    one of its channel (it names its text's origin; the text itself is the campaign's)."""
     c = await get_campaign(hub, sa["id"], id_)
     senders = [r["id"] for r in await hub.pool.fetch(
         "SELECT id FROM senders WHERE id = ANY($1::uuid[]) AND sub_account_id = $2",
         c["sender_ids"], sa["id"])]
+    template = c["template_id"] and await template_store.get(hub.pool, sa["id"],
+                                                             c["template_id"])
     data = {k: c[k] for k in ("channel", "audience", "body", "subject", "html", "media_urls",
                               "voice", "window_start", "window_end", "rate_cap",
                               "failure_threshold")}
     return await do_create_campaign(hub, sa, data | {
-        "name": f"{c['name'][:193]} (copy)", "sender_ids": senders, "start_at": None})
+        "name": f"{c['name'][:193]} (copy)", "sender_ids": senders, "start_at": None,
+        "template_id": template["id"] if template and template["channel"] == c["channel"]
+        else None})
 
 
 async def do_delete_campaign(hub: Hub, sa: Row, id_: UUID) -> None:

@@ -29,11 +29,11 @@ from hub.templates import parse
 from hub.timezones import SendWindow, validate_timezone
 
 __all__ = [
-    "NO_CALL_SCRIPT", "NO_MMS_MEDIA", "Action", "Audience", "AudienceFilter", "CampaignStatus",
-    "ContentCheck", "FailureWindow", "Projection", "RecipientSlot", "TimelineBucket",
-    "allowed_actions", "audience_sql", "campaign_window", "check_content", "eta",
-    "outside_sending_hours", "parse_audience", "project", "sending_hours", "transition",
-    "voice_script",
+    "EMPTY_MESSAGE", "NO_CALL_SCRIPT", "NO_MMS_MEDIA", "Action", "Audience", "AudienceFilter",
+    "CampaignStatus", "ContentCheck", "FailureWindow", "Projection", "RecipientSlot",
+    "TimelineBucket", "allowed_actions", "audience_sql", "campaign_window", "check_content",
+    "empty_part", "eta", "outside_sending_hours", "parse_audience", "project", "sending_hours",
+    "transition", "voice_script",
 ]
 
 INVALID_TRANSITION = "invalid_transition"
@@ -592,6 +592,28 @@ def voice_script(body: str, media_urls: Sequence[str],
     return script if script["say"] or script["play_url"] else None
 
 
+#: The skip reason of a recipient whose message renders empty (`empty_part`).
+EMPTY_MESSAGE = "empty_message"
+
+
+def empty_part(channel: str, body: str, html: str | None, media_urls: Sequence[str],
+               voice: Mapping[str, Any] | None) -> str | None:
+    """The part of a rendered message that leaves it with nothing to send (its merge fields
+    blank for the recipient, without defaults), or None: an SMS's body, an email's body when
+    it has no HTML either, a call's script. (An email's subject cannot be: `check_content`
+    wants text in it whatever the merge fields.) The scheduler skips such a recipient
+    (`EMPTY_MESSAGE`) rather than send an empty text, which a carrier refuses (Twilio 21602)
+    or, worse, delivers."""
+    blank = not body.strip()
+    if channel == "sms" and blank:
+        return "body"
+    if channel == "email" and blank and not (html or "").strip():
+        return "body"
+    if channel == "voice" and voice_script(body, media_urls, voice) is None:
+        return "voice.say"
+    return None
+
+
 def _known_variable(name: str) -> bool:
     return name in MERGE_FIELDS or name.startswith("custom.")
 
@@ -658,13 +680,17 @@ def check_content(
         bad("media_urls", f"at most {MAX_MEDIA} media per MMS", "too_many")
     if channel == "voice" and len(media_urls) > 1:
         bad("media_urls", "a voice call plays at most one audio file", "too_many")
-    if channel in ("sms", "email") and not text.strip():
+    # Empty is judged on the template, not on the sample: "{{first_name}}" is a message,
+    # though not for a contact without a first name (`empty_part` at send time).
+    body_blank = templates["body"].blank
+    if channel in ("sms", "email") and body_blank:
         bad("body", "the message is empty", "required")
     if channel == "mms" and not media_urls:
         bad("media_urls", NO_MMS_MEDIA, "required")
-    if channel == "voice" and voice_script(text, media_urls, voice) is None:
+    if channel == "voice" and voice_script("" if body_blank else body, media_urls,
+                                           voice) is None:
         bad("voice.say", NO_CALL_SCRIPT, "required")
-    if channel == "email" and not title.text.strip():
+    if channel == "email" and not title.text.strip():  # a subject line is never left out
         bad("subject", "an email campaign needs a subject", "required")
     if channel in ("sms", "mms") and len(text) > MAX_BODY_CHARS:
         bad("body", f"{len(text):,} characters with the sample contact's fields; the limit is "
@@ -676,6 +702,12 @@ def check_content(
     missing = list(dict.fromkeys(rendered.missing + title.missing))
     warnings = [f"{{{{ {m} }}}} is blank for the sample contact and has no default; "
                 "such recipients get an empty gap" for m in missing]
+    said = {k: t.render(sample).text for k, t in templates.items() if k in ("html", "voice.say")}
+    empty = empty_part(channel, text, said.get("html"), media_urls,
+                       voice and {**voice, "say": said.get("voice.say")})
+    if empty is not None:
+        warnings.append(f"the {empty} is empty for the sample contact: such recipients are "
+                        f"skipped ({EMPTY_MESSAGE}), never sent an empty message")
     segments = encoding = None
     if channel == "sms":
         info = count_segments(text, smart_encoding=smart_encoding)

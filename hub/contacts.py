@@ -4,14 +4,13 @@ field names a template can use (`custom_key`)."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from hub.emails import email_key, normalize_email
 from hub.errors import FieldError, HubError, ValidationFailed
-from hub.json_values import find_leaf, has_nul
+from hub.json_values import find_leaf, not_finite_message, unstorable
 from hub.phones import normalize_phone
 from hub.timezones import validate_timezone
 
@@ -33,22 +32,17 @@ def custom_key(name: str) -> str:
     return "_".join(_WORD.findall(name.lower()))
 
 
-def _not_finite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
 def _unstorable(value: Any, path: str) -> tuple[str, str, str] | None:
     """(path, message, code) of the first value in `value` that PostgreSQL's JSON cannot
-    hold: a string with a NUL character, or a NaN or infinite number (which Python's
-    JSON reads and writes, but which are not JSON)."""
-    found = find_leaf(value, path, lambda v: has_nul(v) or _not_finite(v))
+    hold (hub.json_values.unstorable). The gateway refuses them in every request body;
+    this keeps them out of contacts written by other callers."""
+    found = find_leaf(value, path, unstorable)
     if found is None:
         return None
     at, leaf = found
     if isinstance(leaf, str):
         return at, "holds a NUL character (\\u0000); remove it", "nul_character"
-    written = "NaN" if math.isnan(leaf) else "-Infinity" if leaf < 0 else "Infinity"
-    return at, f"{written} is not a JSON number; send a finite number", "invalid_number"
+    return at, not_finite_message(leaf), "invalid_number"
 
 
 def phone_search(q: str, default_region: str) -> str:
@@ -67,7 +61,8 @@ def phone_search(q: str, default_region: str) -> str:
 def clean_contact(data: Mapping[str, Any], default_region: str, *, partial: bool = False,
                   prefix: str = "") -> dict[str, Any]:
     """Normalise contact fields for the store, or raise one ValidationFailed naming every bad
-    field. `partial` (PATCH) keeps absent fields absent; `None` clears a field."""
+    field. `partial` (PATCH) keeps absent fields absent; `None` clears a field (the
+    gateway lets it through only for phone, email and timezone: see ContactPatch)."""
     out: dict[str, Any] = {}
     errors: list[FieldError] = []
 

@@ -1,6 +1,9 @@
 """Saved message templates: create, change, delete and preview. A template is checked as a
 campaign's content is (`check_content`): it must parse, fit its channel (an email needs a
-subject, an SMS a body, only MMS carries media) and stay within the size limits."""
+subject, an SMS a body, only MMS carries media, only email HTML) and stay within the size
+limits. A campaign made from a template copies its text and remembers its id: editing the
+template changes no campaign (a draft takes the edit up by a PATCH naming the template
+again), and deleting it leaves the campaigns their text."""
 
 from __future__ import annotations
 
@@ -20,15 +23,19 @@ Row = dict[str, Any]
 
 
 def _checked(fields: Row, given: Row) -> Row:
-    """`fields` as they would be stored, `given` what the request sent: a subject sent for a
-    template that is not an email is refused, where it used to be dropped without a word; one
-    left from an email template turned into a text goes quietly."""
-    if given.get("subject") is not None and fields["channel"] != "email":
-        raise ValidationFailed.field("subject", f"only email templates have a subject; a "
-                                     f"{fields['channel']} template sends its body", "not_allowed")
+    """`fields` as they would be stored, `given` what the request sent: a subject or HTML
+    sent for a template that is not an email is refused, where it used to be dropped without
+    a word; one left from an email template turned into a text goes quietly."""
+    for part in ("subject", "html"):
+        if given.get(part) is not None and fields["channel"] != "email":
+            raise ValidationFailed.field(part, f"only email templates have a {part}; a "
+                                         f"{fields['channel']} template sends its body",
+                                         "not_allowed")
+    email = fields["channel"] == "email"
     check_content(fields["channel"], fields["body"], fields.get("subject"),
-                  fields["media_urls"])
-    return {**fields, "subject": fields.get("subject") if fields["channel"] == "email" else None}
+                  fields["media_urls"], other_texts={"html": fields.get("html")})
+    return {**fields, "subject": fields.get("subject") if email else None,
+            "html": fields.get("html") if email else None}
 
 
 def _name_taken(name: str) -> Conflict:
@@ -67,7 +74,8 @@ async def do_update_template(hub: Hub, sa_id: UUID, id_: UUID, changes: Row) -> 
 
 
 async def do_delete_template(hub: Hub, sa_id: UUID, id_: UUID) -> None:
-    """Campaigns made from it keep their copy of its text."""
+    """Campaigns made from it keep their copy of its text; their template_id becomes null
+    (ON DELETE SET NULL)."""
     async with hub.transaction() as tx:
         if not await store.delete(tx.conn, sa_id, id_):
             raise NotFound("no such template", code="template_not_found")
@@ -97,5 +105,6 @@ async def preview_template(hub: Hub, sa_id: UUID, id_: UUID, contact_id: UUID | 
                                                cursor=None, limit=1)
         contact = newest[0] if newest else {}
     check = check_content(template["channel"], template["body"], template["subject"],
-                          template["media_urls"], merge_variables(contact))
+                          template["media_urls"], merge_variables(contact),
+                          other_texts={"html": template["html"]})
     return contact, check

@@ -60,6 +60,13 @@ class Template:
     #: Every variable referenced, in order of first use, no repeats.
     variables: tuple[str, ...]
 
+    @property
+    def blank(self) -> bool:
+        """Whether it says nothing whoever it is rendered for: no merge field and no text
+        but white space. ``{{first_name}}`` alone is not blank, though it renders empty for
+        a contact without a first name (the sender skips such a recipient)."""
+        return not self.variables and not self.source.strip()
+
     def render(self, variables: Mapping[str, object]) -> Rendered:
         out: list[str] = []
         missing: list[str] = []

@@ -95,10 +95,11 @@ def _require_aware(moment: datetime) -> datetime:
 class SendWindow:
     """Wall-clock hours in which bulk sending is allowed: [start, end), every day.
 
-    start > end wraps midnight (22:00–02:00). start == end means no quiet hours at all: a
-    zero-length window would stall a campaign forever, which is never what was meant. New
-    campaigns are refused such a window (`hub.campaigns.campaign_window`): it reads as
-    "never" as much as "always"; campaigns stored before that keep sending at any hour.
+    start > end wraps midnight (22:00–02:00). start == end never closes: a zero-length
+    window would stall a campaign forever, which is never what was meant. New campaigns are
+    refused such a window (`hub.campaigns.campaign_window`), and sub-accounts such quiet
+    hours (`hub.actions`, migration 0022): it reads as "never" as much as "always";
+    campaigns stored with one before that keep sending at any hour.
     """
 
     start: time = time(8)

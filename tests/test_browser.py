@@ -17,6 +17,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ from channels.sandbox_config import CarrierConfig, Latency
 from config.settings import Settings
 from hub import users
 from hub.context import Hub
+from hub.timezones import contact_timezone
 from hub.users import Role
 from tests.conftest import Tenant, auth
-from tests.test_campaigns import without_quiet_hours
+from tests.test_campaigns import sending_hours_now
 from tests.test_sending import carrier_requests, wait_for
 
 CHROMIUM = os.environ.get("HUB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -154,10 +156,12 @@ async def add_contacts(api: httpx.AsyncClient, tenant: Tenant, n: int) -> None:
 
 
 async def test_marketer_builds_launches_and_watches_a_campaign_finish(
-    hub: Hub, world: World, api: httpx.AsyncClient, browser: Browser
+    world: World, api: httpx.AsyncClient, browser: Browser
 ) -> None:
     t = world.tenant
-    await without_quiet_hours(hub, t.sa1)  # the form's 00:00–23:59 sends at once
+    # The contacts' clock (their numbers' zone): the form's window is open now on it.
+    clock = contact_timezone(None, "+14155550000", "America/New_York")
+    await sending_hours_now(api, t, clock.key)
     await add_contacts(api, t, 22)  # 20 tagged vip, 2 leads left out; 12 of the vips tiered
     page = await sign_in(browser, world.base, "marketer@b.example")
     assert page.url.endswith(f"/app/sa/{t.sa1}/campaigns")
@@ -186,9 +190,10 @@ async def test_marketer_builds_launches_and_watches_a_campaign_finish(
     await expect(page.get_by_test_id("segments")).to_contain_text("2 segments")
     await expect(page.get_by_test_id("segments")).to_contain_text("UCS-2")
     await body.fill("Hi {{first_name}}! 20% off this week. Reply STOP to opt out.")
-    # Any hour for this test: the contacts' local time may be the middle of the night.
-    await page.get_by_label("Send from (contact's local time)").fill("00:00")
-    await page.get_by_label("until").fill("23:59")
+    # Hours around now on the contacts' clock: they are sent at once, whatever the hour.
+    h = datetime.now(clock).hour
+    await page.get_by_label("Send from (contact's local time)").fill(f"{(h - 1) % 24:02d}:00")
+    await page.get_by_label("until").fill(f"{(h + 3) % 24:02d}:00")
     await page.get_by_role("button", name="Create and preview").click()
 
     await page.wait_for_url(re.compile(r".*/campaigns/[0-9a-f-]{36}$"))

@@ -11,7 +11,7 @@ import httpx
 
 from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth
-from tests.test_campaigns import without_quiet_hours
+from tests.test_campaigns import sending_hours_now
 
 ZONE = "Etc/GMT"  # the contacts' clock is UTC, so windows below are UTC hours
 
@@ -102,8 +102,8 @@ async def test_an_empty_window_is_refused_naming_the_field(
     for quiet in ({"quiet_start": "07:00", "quiet_end": "07:00"}, {"quiet_start": "08:00"}):
         r = await api.patch(f"/v1/sub-accounts/{tenant.sa1}", headers=auth(tenant.agency_key),
                             json=quiet)
-        assert [e["code"] for e in assert_problem(r, 422, field="quiet_start")["errors"]] == \
-            ["empty_quiet_hours"]
+        assert {e["code"] for e in assert_problem(r, 422, field="quiet_start")["errors"]} == \
+            {"empty_quiet_hours"}
     sa = await call(api, tenant, "GET", "")
     assert (sa["quiet_start"], sa["quiet_end"]) == ("21:00:00", "08:00:00")
     # Every hour but the last minute is more than the sending hours allow.
@@ -114,7 +114,7 @@ async def test_an_empty_window_is_refused_naming_the_field(
 async def test_the_eta_of_a_scheduled_campaign_is_not_before_its_start(
         hub: Hub, api: httpx.AsyncClient, tenant: Tenant) -> None:
     await setup(hub, api, tenant)
-    await without_quiet_hours(hub, tenant.sa1)  # the window follows the clock
+    await sending_hours_now(api, tenant)  # the window follows the clock
     start_at = datetime.now(UTC) + timedelta(hours=2)
     # The window opens within the hour: counted from now, the three would be done by then.
     c = await created(api, tenant, start_at=start_at.isoformat(), window_start=hour(1),
@@ -160,7 +160,7 @@ async def test_the_dry_run_counts_the_contacts_launch_skips(
         """INSERT INTO contacts (sub_account_id, email, email_key, timezone, tags)
            VALUES ($1, 'x@example.com', 'x@example.com', $2, ARRAY['all'])""",
         tenant.sa1, ZONE)
-    await without_quiet_hours(hub, tenant.sa1)  # the window follows the clock
+    await sending_hours_now(api, tenant)  # the window follows the clock
     c = await created(api, tenant, window_start=hour(0), window_end=hour(3))
     dry = await call(api, tenant, "POST", f"/campaigns/{c['id']}/dry-run")
     assert (dry["recipients"], dry["unsendable"]) == (3, 2), dry
@@ -193,7 +193,7 @@ async def test_the_dry_run_warns_of_merge_fields_blank_for_some_recipients(
     await hub.pool.execute(
         """UPDATE contacts SET custom_fields = '{"plan": " "}', first_name = ''
            WHERE sub_account_id = $1 AND phone = $2""", tenant.sa1, numbers[1])
-    await without_quiet_hours(hub, tenant.sa1)  # the window follows the clock
+    await sending_hours_now(api, tenant)  # the window follows the clock
     c = await created(api, tenant, window_start=hour(0), window_end=hour(3),
                       body="Hi {{ first_name }}, {{ custom.plan }} ({{ custom.tier.name }}) "
                            "{{ custom.city | default: 'near you' }}")

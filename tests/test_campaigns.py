@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from actors import ray_api
 from actors.scheduler import Drain, record_counts, window_size
 from actors.sender import sender_burst
 from actors.supervisor import scheduler_name, sender_name
+from hub import actions
 from hub.campaigns import FailureWindow
 from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth, make_tenant
@@ -33,20 +35,44 @@ __all__ = ["carrier", "carrier_log"]  # fixtures shared with test_sending
 ZONES = ("Etc/GMT", "Etc/GMT-1", "Etc/GMT-12")  # UTC, UTC+1, UTC+12
 
 
-async def without_quiet_hours(hub: Hub, sa: Any) -> dict[str, Any]:
-    """Takes the sub-account's quiet hours away (as for one stored before equal quiet hours
-    were refused), so any campaign window is inside its sending hours: windows in these
-    tests follow the test's clock, which quiet hours would refuse at most hours of the day.
-    Returns the sub-account's row."""
-    return dict(await hub.pool.fetchrow(
-        "UPDATE sub_accounts SET quiet_end = quiet_start WHERE id = $1 RETURNING *", sa))
+def quiet_hours_away_from_now(zone: str = "UTC") -> dict[str, str]:
+    """One quiet hour on `zone`'s clock, of the night (21:00–08:00, where real quiet hours
+    fall) and the farthest such from now. The sending hours it leaves hold every window these
+    tests give: daytime ones (10:00–18:00) and those that follow the clock, from an hour
+    before now to seven after (`open_window_now`), even when the hour turns between setting
+    it and creating a campaign. Quiet hours around now would refuse those windows."""
+    middle = datetime.now(ZoneInfo(zone)).hour + 3  # of the windows that follow the clock
+
+    def distance(hour: int) -> int:
+        return min((hour - middle) % 24, (middle - hour) % 24)
+
+    q = max(((21 + i) % 24 for i in range(11)), key=distance)
+    return {"quiet_start": f"{q:02d}:00", "quiet_end": f"{(q + 1) % 24:02d}:00"}
+
+
+async def sending_hours_now(api: httpx.AsyncClient, tenant: Tenant, zone: str = "UTC"
+                            ) -> dict[str, Any]:
+    """Gives the tenant's first sub-account `quiet_hours_away_from_now` through the API, as
+    an admin would (so they are checked as an admin's are); returns the sub-account."""
+    r = await api.patch(f"/v1/sub-accounts/{tenant.sa1}", headers=auth(tenant.agency_key),
+                        json=quiet_hours_away_from_now(zone))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def sending_hours_now_for(hub: Hub, sa_id: Any) -> dict[str, Any]:
+    """`sending_hours_now` for tests that drive the actions without the gateway: the same
+    `do_update_sub_account` the route calls. Returns the sub-account's row."""
+    hours = {k: datetime.strptime(v, "%H:%M").time()
+             for k, v in quiet_hours_away_from_now().items()}
+    return await actions.do_update_sub_account(hub, sa_id, hours)
 
 
 @pytest.fixture
 async def tenant(hub: Hub, api: httpx.AsyncClient) -> Tenant:
-    """The conftest tenant, its first sub-account `without_quiet_hours`."""
+    """The conftest tenant, its first sub-account given `sending_hours_now`."""
     made = await make_tenant(hub, api)
-    await without_quiet_hours(hub, made.sa1)
+    await sending_hours_now(api, made)
     return made
 
 

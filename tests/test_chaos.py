@@ -23,7 +23,7 @@ import pytest
 
 from hub.context import Hub
 from tests.conftest import Tenant, auth
-from tests.test_campaigns import make_campaign, stats, without_quiet_hours
+from tests.test_campaigns import make_campaign, sending_hours_now, stats
 from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms, wait_for
 
 __all__ = ["carrier", "carrier_log"]  # fixtures shared with test_sending
@@ -129,7 +129,7 @@ async def test_carrier_429_5xx_bursts_and_hung_requests(
     carrier_log: httpx.AsyncClient, i: int
 ) -> None:
     n = 200
-    await without_quiet_hours(hub, tenant.sa1)  # the campaign's window follows the clock
+    await sending_hours_now(api, tenant)  # the campaign's window follows the clock
     await setup_sms(api, tenant, carrier.url, numbers=("+12125550100", "+12125550101"),
                     mps=50)
     await hub.pool.execute(

@@ -15,7 +15,7 @@ from typing import Any
 from actors.scheduler import SchedulerCore
 from hub import actions, campaign_actions
 from hub.context import Hub
-from tests.test_campaigns import open_window_now, without_quiet_hours
+from tests.test_campaigns import open_window_now, sending_hours_now_for
 from tests.test_scheduler_tick import _principal
 
 
@@ -23,7 +23,7 @@ async def _running_campaign(hub: Hub, slot: int, n: int) -> dict[str, Any]:
     """A running campaign on `slot` to `n` contacts whose window is open now, and one whose
     window is closed (UTC+12), so the campaign stays running after the others are sent."""
     sa = await actions.do_create_sub_account(hub, await _principal(hub), {"name": "fw"})
-    sa = await without_quiet_hours(hub, sa["id"])
+    sa = await sending_hours_now_for(hub, sa["id"])
     await hub.pool.execute("UPDATE sub_accounts SET slot = $2 WHERE id = $1", sa["id"], slot)
     provider = await actions.do_create_provider_account(hub, sa["id"], {
         "provider": "twilio", "name": "p", "account_id": "AC" + "f" * 32,

@@ -7,9 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from hub import db
 from hub.context import Hub
 from hub.timezones import SendWindow
 from tests.conftest import Tenant, assert_problem, auth
@@ -121,14 +123,58 @@ async def test_new_quiet_hours_are_refused_while_a_launched_campaign_reaches_out
     assert r.status_code == 200, r.text
 
 
-async def test_a_sub_account_without_quiet_hours_takes_any_window(
+async def test_quiet_hours_cannot_be_turned_off(
         hub: Hub, api: httpx.AsyncClient, tenant: Tenant) -> None:
     await setup(hub, api, tenant)
-    # Equal quiet hours are refused now, but sub-accounts stored before keep them: no hours.
-    await hub.pool.execute("UPDATE sub_accounts SET quiet_end = quiet_start WHERE id = $1",
-                           tenant.sa1)
-    c = await created(api, tenant, window_start="01:00", window_end="04:00")
-    assert (c["window_start"], c["window_end"]) == ("01:00:00", "04:00:00")
+    # Equal to the other given, or to the one stored (21:00-08:00, also a new sub-account's
+    # default): a 422 naming the fields given, and this sub-account keeps its hours.
+    both = ["quiet_start", "quiet_end"]
+    for body, fields in (({"quiet_start": "05:00", "quiet_end": "05:00"}, both),
+                         ({"quiet_end": "21:00"}, ["quiet_end"]),
+                         ({"quiet_start": "08:00"}, ["quiet_start"])):
+        for r, named in ((await api.patch(f"/v1/sub-accounts/{tenant.sa1}",
+                                          headers=auth(tenant.agency_key), json=body), fields),
+                         (await api.post("/v1/sub-accounts", headers=auth(tenant.agency_key),
+                                         json={"name": "Staff only", **body}), both)):
+            problem = assert_problem(r, 422, "validation_failed")
+            assert [(e["field"], e["code"]) for e in problem["errors"]] == \
+                [(f, "empty_quiet_hours") for f in named], problem
+            assert "cannot be turned off" in problem["detail"], problem
+    sa = await call(api, tenant, "GET", "")
+    assert (sa["quiet_start"], sa["quiet_end"]) == ("21:00:00", "08:00:00")
+    names = [s["name"] for s in (await api.get(
+        "/v1/sub-accounts", headers=auth(tenant.agency_key))).json()["data"]]
+    assert "Staff only" not in names, names
+    # Nor are they stored by any other way in.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await hub.pool.execute("UPDATE sub_accounts SET quiet_end = quiet_start WHERE id = $1",
+                               tenant.sa1)
+    # The shortest quiet hours are a minute; campaigns may then send every other minute.
+    assert (await _quiet(api, tenant, "23:59", "00:00")).status_code == 200
+    c = await created(api, tenant)
+    assert (c["window_start"], c["window_end"]) == ("00:00:00", "23:59:00")
+
+
+async def test_a_sub_account_stored_without_quiet_hours_takes_the_default_ones(
+        hub: Hub, api: httpx.AsyncClient, tenant: Tenant) -> None:
+    """Equal quiet hours stored before they were refused (the Settings page once took them)
+    made every campaign created without its own window fail, naming "21:00–21:00"."""
+    await setup(hub, api, tenant)
+    migration = dict(db.migration_files())["0022_quiet_hours_differ"]
+    async with hub.pool.acquire() as conn:
+        await conn.execute(
+            "ALTER TABLE sub_accounts DROP CONSTRAINT sub_accounts_quiet_hours_differ")
+        try:
+            await conn.execute("UPDATE sub_accounts SET quiet_start = '21:00', "
+                               "quiet_end = '21:00' WHERE id = $1", tenant.sa1)
+        finally:
+            await conn.execute(migration)  # puts the constraint back
+    sa = await call(api, tenant, "GET", "")
+    assert (sa["quiet_start"], sa["quiet_end"]) == ("21:00:00", "08:00:00")
+    c = await created(api, tenant)
+    assert (c["window_start"], c["window_end"]) == ("08:00:00", "21:00:00")
+    _outside(await create(api, tenant, window_start="01:00", window_end="04:00"),
+             "window_start")
 
 
 WALL_CLOCK = "wall_clock_time"

@@ -19,7 +19,7 @@ from hub.crypto import hash_api_key
 from hub.sender_pool import choose_weighted
 from hub.store import tenants
 from hub.tenancy import Principal
-from tests.test_campaigns import open_window_now, without_quiet_hours
+from tests.test_campaigns import open_window_now, sending_hours_now_for
 
 _numbers = itertools.count(5_000_000)
 
@@ -40,7 +40,7 @@ async def _campaigns(hub: Hub, principal: Principal, n: int, slot: int, *,
     out = []
     for i in range(n):
         sa = await actions.do_create_sub_account(hub, principal, {"name": f"t{i}"})
-        sa = await without_quiet_hours(hub, sa["id"])
+        sa = await sending_hours_now_for(hub, sa["id"])
         await hub.pool.execute("UPDATE sub_accounts SET slot = $2 WHERE id = $1", sa["id"], slot)
         provider = await actions.do_create_provider_account(hub, sa["id"], {
             "provider": "twilio", "name": "p", "account_id": "AC" + "e" * 32,
@@ -178,7 +178,7 @@ async def test_messages_carry_their_campaign_content(hub: Hub) -> None:
     principal = await _principal(hub)
     sms = await _campaigns(hub, principal, 1, 5004, quiet=False)
     sa = await actions.do_create_sub_account(hub, principal, {"name": "mms"})
-    sa = await without_quiet_hours(hub, sa["id"])
+    sa = await sending_hours_now_for(hub, sa["id"])
     await hub.pool.execute("UPDATE sub_accounts SET slot = 5004 WHERE id = $1", sa["id"])
     provider = await actions.do_create_provider_account(hub, sa["id"], {
         "provider": "twilio", "name": "p", "account_id": "AC" + "e" * 32,
@@ -294,7 +294,7 @@ async def test_a_window_closing_soon_takes_only_the_segments_its_senders_can_sen
     created = {}
     for slot, body in ((5010, "Hi {{first_name}}"), (5011, "Hi {{first_name}}, " + "x" * 400)):
         sa = await actions.do_create_sub_account(hub, principal, {"name": f"w{slot}"})
-        sa = await without_quiet_hours(hub, sa["id"])
+        sa = await sending_hours_now_for(hub, sa["id"])
         await hub.pool.execute("UPDATE sub_accounts SET slot = $2 WHERE id = $1",
                                sa["id"], slot)
         provider = await actions.do_create_provider_account(hub, sa["id"], {

@@ -66,18 +66,21 @@ def test_lanes_give_back_what_would_leave_after_its_window_without_spending_toke
     assert not lanes.in_flight and len(lanes) == 0
 
 
-async def _contacts(hub: Hub, sa: str, tag: str, first: int, n: int) -> set[str]:
-    """n contacts tagged `tag` in UTC; their phones."""
+async def _contacts(hub: Hub, sa: str, tag: str, first: int, n: int, zone: str
+                    ) -> set[str]:
+    """n contacts tagged `tag` in `zone`; their phones."""
     phones = [f"+1415{3000000 + first + i}" for i in range(n)]
     await hub.pool.execute(
         """INSERT INTO contacts (sub_account_id, phone, first_name, timezone, tags)
-           SELECT $1, p, 'Pat', 'Etc/GMT', ARRAY[$2] FROM unnest($3::text[]) p""",
-        sa, tag, phones)
+           SELECT $1, p, 'Pat', $4, ARRAY[$2] FROM unnest($3::text[]) p""",
+        sa, tag, phones, zone)
     return set(phones)
 
 
 async def _launch(api: httpx.AsyncClient, tenant: Tenant, tag: str, start: datetime,
                   end: datetime) -> dict[str, Any]:
+    """Launches a campaign to `tag` whose window runs from `start` to `end`, read on the
+    clock they are given in."""
     r = await api.post(f"/v1/sub-accounts/{tenant.sa1}/campaigns", headers=auth(tenant.sa1_key),
                        json={"name": tag, "channel": "sms", "audience": {"tags_any": [tag]},
                              "body": "Hi {{first_name}}. Reply STOP to opt out.",
@@ -93,16 +96,23 @@ async def _launch(api: httpx.AsyncClient, tenant: Tenant, tag: str, start: datet
 async def test_no_text_leaves_after_the_window_closes_and_the_rest_go_when_it_reopens(
     hub: Hub, api: httpx.AsyncClient, tenant: Tenant, own_carrier: str
 ) -> None:
-    # One number at 2 MPS shared by two campaigns. "Steady" may send for hours; "closing"
-    # in UTC until `close`, then again from `reopen`. The closing campaign's scheduler plans
-    # on the number's full rate, but the other campaign takes half of it: what is still
-    # queued at the close must be held back by the senders themselves.
+    # One number at 2 MPS shared by two campaigns. "Steady" may send for hours (its contacts
+    # are on UTC+12); "closing" in UTC until `close`, then again from `reopen`: the
+    # sub-account's quiet hours, as an admin sets them. The closing campaign's scheduler
+    # plans on the number's full rate, but the other campaign takes half of it: what is
+    # still queued at the close must be held back by the senders themselves.
     await setup_sms(api, tenant, own_carrier, mps=2)
-    steady = await _contacts(hub, tenant.sa1, "steady", 0, 30)
-    closing = await _contacts(hub, tenant.sa1, "closing", 1000, 50)
+    far = ZoneInfo("Etc/GMT-12")
+    steady = await _contacts(hub, tenant.sa1, "steady", 0, 30, far.key)
+    closing = await _contacts(hub, tenant.sa1, "closing", 1000, 50, "Etc/GMT")
     now = datetime.now(UTC).replace(microsecond=0)
     close, reopen = now + timedelta(seconds=20), now + timedelta(seconds=42)
-    await _launch(api, tenant, "steady", now - timedelta(hours=1), now + timedelta(hours=2))
+    r = await api.patch(f"/v1/sub-accounts/{tenant.sa1}", headers=auth(tenant.agency_key),
+                        json={"quiet_start": f"{close:%H:%M:%S}",
+                              "quiet_end": f"{reopen:%H:%M:%S}"})
+    assert r.status_code == 200, r.text
+    await _launch(api, tenant, "steady", (now - timedelta(hours=1)).astimezone(far),
+                  (now + timedelta(hours=2)).astimezone(far))
     c = await _launch(api, tenant, "closing", reopen, close)
 
     async def done() -> bool:
@@ -131,7 +141,7 @@ async def test_a_campaign_refused_for_its_credentials_pauses_and_sends_all_once_
     try:
         (sender,) = await setup_sms(api, tenant, carrier.url, mps=50,
                                     account=(SID, "a-wrong-token"))
-        phones = await _contacts(hub, tenant.sa1, "all", 0, 120)
+        phones = await _contacts(hub, tenant.sa1, "all", 0, 120, "Etc/GMT")
         now = datetime.now(UTC)
         c = await _launch(api, tenant, "all", now - timedelta(hours=1), now + timedelta(hours=2))
 

@@ -28,6 +28,7 @@ from hub.store import audience as audience_store
 from hub.store import campaigns as campaign_store
 from hub.store import contacts as contact_store
 from hub.store import messaging, tenants
+from hub.store import templates as template_store
 from hub.templates import merge_variables
 from hub.timezones import contact_timezone
 from hub.users import Role
@@ -117,6 +118,14 @@ def audience_words(exc: HubError, spec: dict[str, Any]) -> str:
     return "; ".join(out) or exc.detail
 
 
+async def _saved_templates(hub: Hub, sa_id: UUID) -> list[dict[str, Any]]:
+    """The templates the message step's picker offers (newest 200; app.js shows those of
+    the chosen channel): picking one fills the message and the campaign keeps its id."""
+    rows = await template_store.list_page(hub.pool, sa_id, channel=None, q=None, cursor=None,
+                                          limit=200)
+    return [t for t in rows[:200] if t["channel"] in EDITABLE_CHANNELS]
+
+
 @router.get("/sa/{sa}/campaigns/new")
 async def new_campaign(request: Request, access: AccessDep) -> HTMLResponse:
     require(access, *MARKETING)
@@ -125,7 +134,8 @@ async def new_campaign(request: Request, access: AccessDep) -> HTMLResponse:
     tags = await audience_store.tags(hub.pool, access.sa_id)
     zones = await audience_store.timezones(hub.pool, access.sa_id)
     return render(request, "campaign_new.html", access=access, senders=senders[:200],
-                  tags=tags, zones=zones, section="campaigns")
+                  tags=tags, zones=zones, section="campaigns",
+                  saved_templates=await _saved_templates(hub, access.sa_id))
 
 
 @router.get("/sa/{sa}/campaigns/audience-count")
@@ -240,7 +250,8 @@ async def edit_campaign(request: Request, access: AccessDep,
     zones = sorted(set(await audience_store.timezones(hub.pool, access.sa_id))
                    | set(form["timezones"]))
     return render(request, "campaign_new.html", access=access, senders=senders[:200],
-                  tags=tags, zones=zones, section="campaigns", c=c, form=form)
+                  tags=tags, zones=zones, section="campaigns", c=c, form=form,
+                  saved_templates=await _saved_templates(hub, access.sa_id))
 
 
 @router.get("/sa/{sa}/campaigns/{campaign_id}")

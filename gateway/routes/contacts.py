@@ -37,7 +37,8 @@ async def list_contacts(
     tag: Annotated[str | None, Query(max_length=64), NoNul] = None,
     q: Annotated[str | None,
                  Query(max_length=200, description="part of a phone number (written any "
-                       "way), an email's start or part of a name"), NoNul] = None,
+                       "way), an email's start or part of a name (accents and case "
+                       "aside: jose finds José)"), NoNul] = None,
 ) -> Page[ContactOut]:
     phone = phone_search(q, sub_account["default_region"]) if q is not None else None
     rows = await contact_store.list_page(hub.pool, sub_account["id"], tag=tag, q=q,
@@ -163,6 +164,8 @@ async def get_contact(hub: HubDep, sub_account: SubAccountDep, contact_id: UUID)
 @router.patch("/contacts/{contact_id}", response_model=ContactOut)
 async def update_contact(hub: HubDep, sub_account: SubAccountDep, contact_id: UUID,
                          body: ContactPatch) -> ContactOut:
+    """Change the fields given. Null clears phone, email or timezone; for the other fields
+    it is a 422 naming the field (send "", [] or {} to empty them)."""
     row = await actions.do_update_contact(hub, sub_account, contact_id,
                                           body.model_dump(exclude_unset=True))
     return ContactOut(**row)

@@ -16,10 +16,10 @@ Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
 
 COLS = (
-    "id, sub_account_id, name, channel, status, audience, body, subject, html, media_urls, "
-    "voice, sender_ids, start_at, window_start, window_end, rate_cap, failure_threshold, "
-    "paused_reason, recipients_total, skipped_total, created_at, updated_at, launched_at, "
-    "completed_at"
+    "id, sub_account_id, name, channel, status, audience, template_id, body, subject, html, "
+    "media_urls, voice, sender_ids, start_at, window_start, window_end, rate_cap, "
+    "failure_threshold, paused_reason, recipients_total, skipped_total, created_at, "
+    "updated_at, launched_at, completed_at"
 )
 
 

@@ -64,25 +64,28 @@ async def delete(conn: Conn, sub_account_id: UUID, id_: UUID) -> bool:
 
 
 #: The contacts of sub-account $1 with tag $2 (if any) that match $3 (if any): their email
-#: starts with it or their name holds it, or their phone holds $4.
+#: starts with it ($3 escaped for LIKE), their name holds $5 (the same search, unescaped),
+#: accents and case aside (search_fold, migration 0020; folded once, as an InitPlan, not
+#: per row under a generic plan), or their phone holds $4.
 _MATCHING = """sub_account_id = $1
               AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
               AND ($3::text IS NULL OR phone LIKE '%' || $4::text || '%'
                    OR email_key LIKE lower($3) || '%'
-                   OR lower(first_name || ' ' || last_name) LIKE '%' || lower($3) || '%')"""
+                   OR strpos(search_name, (SELECT search_fold($5::text))) > 0)"""
 
 
 def _matching_args(sub_account_id: UUID, tag: str | None, q: str | None,
                    phone: str | None) -> tuple[Any, ...]:
     return (sub_account_id, tag, None if q is None else sql.like_literal(q),
-            None if phone is None else sql.like_literal(phone))
+            None if phone is None else sql.like_literal(phone), q)
 
 
 async def list_page(conn: Conn, sub_account_id: UUID, *, tag: str | None, q: str | None,
                     cursor: Cursor | None, limit: int, phone: str | None = None) -> list[Row]:
     """Newest first; with `q`, the contacts whose email starts with it or whose name holds
-    it, or whose phone holds `phone` (hub.contacts.phone_search of it)."""
-    cond, args = keyset_clause(cursor, 5)
+    it (without regard to accents or case: "jose" finds "José"), or whose phone holds
+    `phone` (hub.contacts.phone_search of it)."""
+    cond, args = keyset_clause(cursor, 6)
     rows = await conn.fetch(
         f"""SELECT {CONTACT_COLS} FROM contacts WHERE {_MATCHING} AND {cond}
             ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",

@@ -1,4 +1,4 @@
-"""SQL for saved message templates (migration 0012)."""
+"""SQL for saved message templates (migrations 0012 and 0021)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ from hub.store.sql import like_literal
 Conn = asyncpg.Connection | asyncpg.Pool
 Row = dict[str, Any]
 
-COLS = "id, sub_account_id, name, channel, body, subject, media_urls, created_at, updated_at"
-FIELDS = ("name", "channel", "body", "subject", "media_urls")
+COLS = ("id, sub_account_id, name, channel, body, subject, html, media_urls, created_at, "
+        "updated_at")
+FIELDS = ("name", "channel", "body", "subject", "html", "media_urls")
 
 
 async def insert(conn: Conn, sub_account_id: UUID, fields: Row) -> Row:
     """Raises asyncpg.UniqueViolationError when the name is taken."""
     row = await conn.fetchrow(
-        f"""INSERT INTO templates (sub_account_id, name, channel, body, subject, media_urls)
-            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLS}""",
+        f"""INSERT INTO templates (sub_account_id, name, channel, body, subject, html,
+                                   media_urls)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}""",
         sub_account_id, *(fields[f] for f in FIELDS))
     return dict(row)
 
@@ -38,7 +40,7 @@ async def update(conn: Conn, sub_account_id: UUID, id_: UUID, fields: Row) -> Ro
     """All of FIELDS written; raises asyncpg.UniqueViolationError when the name is taken."""
     row = await conn.fetchrow(
         f"""UPDATE templates SET name = $3, channel = $4, body = $5, subject = $6,
-                media_urls = $7, updated_at = now()
+                html = $7, media_urls = $8, updated_at = now()
             WHERE id = $1 AND sub_account_id = $2 RETURNING {COLS}""",
         id_, sub_account_id, *(fields[f] for f in FIELDS))
     return dict(row) if row else None

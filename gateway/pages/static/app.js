@@ -208,6 +208,7 @@
     const el = event.target;
     if (el.matches("[data-submit-on-change]")) el.form.requestSubmit();
     if (el.id === "channel") Console.channelChanged();
+    if (el.id === "template_id") Console.templatePicked(el);
   });
 
   document.addEventListener("click", async (event) => {
@@ -242,6 +243,27 @@
         part.hidden = off;
         part.querySelectorAll("input, textarea").forEach((el) => (el.disabled = off));
       });
+      // The template picker offers the channel's templates only.
+      const picker = document.getElementById("template_id");
+      if (!picker) return;
+      picker.querySelectorAll("option[data-template-channel]").forEach((option) => {
+        const off = option.dataset.templateChannel !== channel;
+        option.hidden = off;
+        option.disabled = off;
+      });
+      if (picker.selectedOptions[0] && picker.selectedOptions[0].disabled) picker.value = "";
+    },
+    /* A template picked fills the message's parts (still editable); "none" keeps them. */
+    templatePicked(picker) {
+      const option = picker.selectedOptions[0];
+      if (!option || !option.value) return;
+      const parts = { body: option.dataset.body, subject: option.dataset.subject,
+                      html: option.dataset.html, media_urls: option.dataset.media };
+      for (const [id, value] of Object.entries(parts)) {
+        const el = document.getElementById(id);
+        if (el) el.value = value;
+      }
+      htmx.trigger(document.getElementById("body"), "input");  // redraw the preview
     },
   };
 
