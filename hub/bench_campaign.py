@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -371,11 +372,26 @@ def open_window_now() -> tuple[str, str]:
     return f"{(h - 1) % 24:02d}:00", f"{(h + 3) % 24:02d}:00"
 
 
+def quiet_hours_away_from_now(zone: str = "UTC") -> dict[str, str]:
+    """One quiet hour on `zone`'s clock, of the night (21:00–08:00, where real quiet hours
+    fall) and the farthest such from now. The sending hours it leaves hold every window these
+    tests give: daytime ones (10:00–18:00) and those that follow the clock, from an hour
+    before now to seven after (`open_window_now`), even when the hour turns between setting
+    it and creating a campaign. Quiet hours around now would refuse those windows."""
+    middle = datetime.now(ZoneInfo(zone)).hour + 3  # of the windows that follow the clock
+
+    def distance(hour: int) -> int:
+        return min((hour - middle) % 24, (middle - hour) % 24)
+
+    q = max(((21 + i) % 24 for i in range(11)), key=distance)
+    return {"quiet_start": f"{q:02d}:00", "quiet_end": f"{(q + 1) % 24:02d}:00"}
+
+
 def sending_hours_now() -> dict[str, str]:
-    """A sub-account's quiet hours whose sending hours are `open_window_now`: a campaign's
-    window must lie inside them, and a benchmark sends whatever the time of day."""
-    start, end = open_window_now()
-    return {"quiet_start": end, "quiet_end": start}
+    """Quiet hours that leave `open_window_now` inside the sending hours, whatever the time
+    of day and even if the hour turns before the campaign is created: a campaign's window
+    must lie inside them."""
+    return quiet_hours_away_from_now("UTC")
 
 
 @dataclass

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -25,6 +24,7 @@ from actors.scheduler import Drain, record_counts, window_size
 from actors.sender import sender_burst
 from actors.supervisor import scheduler_name, sender_name
 from hub import actions
+from hub.bench_campaign import quiet_hours_away_from_now
 from hub.campaigns import FailureWindow
 from hub.context import Hub
 from tests.conftest import Tenant, assert_problem, auth, make_tenant
@@ -33,21 +33,6 @@ from tests.test_sending import carrier, carrier_log, carrier_requests, setup_sms
 __all__ = ["carrier", "carrier_log"]  # fixtures shared with test_sending
 
 ZONES = ("Etc/GMT", "Etc/GMT-1", "Etc/GMT-12")  # UTC, UTC+1, UTC+12
-
-
-def quiet_hours_away_from_now(zone: str = "UTC") -> dict[str, str]:
-    """One quiet hour on `zone`'s clock, of the night (21:00–08:00, where real quiet hours
-    fall) and the farthest such from now. The sending hours it leaves hold every window these
-    tests give: daytime ones (10:00–18:00) and those that follow the clock, from an hour
-    before now to seven after (`open_window_now`), even when the hour turns between setting
-    it and creating a campaign. Quiet hours around now would refuse those windows."""
-    middle = datetime.now(ZoneInfo(zone)).hour + 3  # of the windows that follow the clock
-
-    def distance(hour: int) -> int:
-        return min((hour - middle) % 24, (middle - hour) % 24)
-
-    q = max(((21 + i) % 24 for i in range(11)), key=distance)
-    return {"quiet_start": f"{q:02d}:00", "quiet_end": f"{(q + 1) % 24:02d}:00"}
 
 
 async def sending_hours_now(api: httpx.AsyncClient, tenant: Tenant, zone: str = "UTC"
