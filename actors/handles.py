@@ -25,6 +25,8 @@ def supervisor_spec(settings: Settings, database_url: str, redis_url: str) -> di
         "old_secret_keys": [s.get_secret_value() for s in settings.old_secret_keys],
         "public_url": settings.base_url, "lease_s": settings.lease_s,
         "in_doubt_grace_s": settings.in_doubt_grace_s,
+        "receipt_grace_s": settings.receipt_grace_s,
+        "receipt_max_age_s": settings.receipt_max_age_s,
         "sender_shards": settings.sender_shards,
         "scheduler_shards": settings.scheduler_shards, "log_level": settings.log_level,
     }

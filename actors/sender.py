@@ -13,7 +13,9 @@ the window closes (`send_until`), in the lanes or at its departure time, is give
 campaign (`store.give_back`), whose scheduler sends it when the window opens again. One the
 provider refuses for the account's setup (credentials, sender) is given back the same way and
 pauses its campaign, saying what to fix: its recipient waits for the resume instead of
-failing with every other one of the campaign.
+failing with every other one of the campaign. A provider account that cannot be reached
+backs off as a whole (`_back_off_unreachable`): its messages wait, queued, saying why, and
+leave once it answers. A relay's hard bounce (SMTP 5.1.1) suppresses the address.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -46,10 +48,13 @@ from channels.base import (
     SendResult,
     VoiceScript,
 )
-from channels.error_hints import hint_for
+from channels.error_hints import endpoint, hint_for
+from channels.smtp import unknown_mailbox
 from hub import events
 from hub.campaigns import transition
 from hub.compliance import unsubscribe_url
+from hub.compliance_actions import suppress_bounced
+from hub.context import Tx
 from hub.crypto import SecretBox
 from hub.retry import backoff
 from hub.status import Status, rank
@@ -130,6 +135,10 @@ PACE_SLACK_S = 0.005
 #: (`send_until`) stays open at least this long after its request starts.
 WINDOW_MARGIN_S = 0.5
 
+#: The longest a provider account that cannot be reached waits between attempts: also the
+#: longest its sends wait once its base URL is fixed.
+UNREACHABLE_CAP_S = 30.0
+
 #: Share of a sender's MPS the hub aims at: network jitter bunches requests on their way to
 #: the carrier, and this headroom keeps the carrier's own one-second windows within the limit.
 SENDER_HEADROOM = 0.98
@@ -167,6 +176,9 @@ class SenderCore:
         #: Decrypted credentials by provider account, with the account's `updated_at`: an
         #: update (a fixed token) is used by the next batch.
         self._creds: dict[UUID, tuple[datetime, ProviderCredentials]] = {}
+        #: Provider accounts that could not be reached: the failures in a row (the back-off
+        #: grows with them) and the last one's result, which sends during the back-off get.
+        self._unreachable: dict[UUID, tuple[int, SendResult]] = {}
         self.sent_total = 0
 
     # --- intake ------------------------------------------------------------------------
@@ -419,10 +431,18 @@ class SenderCore:
             rows = [r for r in rows if items[str(r["id"])].send_until > now]
             if not rows:
                 return
+            down = self._unreachable_now(rows[0], now)
+            if down is not None:  # backing off: not dialled, it waits with the others
+                results.extend((r, replace(down, message_id=str(r["id"]))) for r in rows)
+                return
             started = time.perf_counter()
             out = await adapter.send_batch(creds, [self._outbound(r) for r in rows])
             self.metrics.provider_latency(rows[0]["provider"], time.perf_counter() - started)
             results.extend(zip(rows, out, strict=True))
+            failed = [r for r in out
+                      if r.error is not None and r.error.kind == ErrorKind.CONNECTION_FAILED]
+            if failed:
+                self._back_off_unreachable(rows[0], failed[0], self.clock())
 
         async def send_bulk(rows: list[Mapping[str, Any]]) -> None:
             async with self._bulk_requests:
@@ -473,7 +493,8 @@ class SenderCore:
         refused: dict[UUID, str] = {}  # campaign -> why it pauses
         accepted: list[tuple[UUID, str, str]] = []
         failed: list[tuple[UUID, str | None, str]] = []
-        retry: list[tuple[UUID, datetime, str]] = []
+        bounced: list[tuple[UUID, str, str, str]] = []  # sub-account, address, reason, provider
+        retry: list[tuple[UUID, datetime, str, str]] = []
         in_doubt: list[tuple[UUID, str]] = []
         done: list[str] = []
         retries: list[tuple[Outbound, float]] = []
@@ -486,9 +507,14 @@ class SenderCore:
                     else Status.SENT
                 accepted.append((row["id"], res.provider_message_id or "", status.value))
                 done.append(item.message_id)
+                self._unreachable.pop(row["provider_account_id"], None)
             elif err.kind in (ErrorKind.THROTTLED, ErrorKind.CONNECTION_FAILED):
                 delay = err.retry_after or backoff(item.attempt + 1)
-                if err.kind == ErrorKind.THROTTLED:
+                if err.kind == ErrorKind.CONNECTION_FAILED:  # at least the account's back-off
+                    until = self.limiter.blocked_until(
+                        ("provider", str(row["provider_account_id"])), now)
+                    delay = max(delay, until - now if until is not None else 0.0)
+                else:
                     # The provider said slow down: the whole sender waits, not one message.
                     for key in item.path:
                         if key[0] in ("sender", "provider"):
@@ -496,8 +522,8 @@ class SenderCore:
                             break
                     self.metrics.throttled(row["provider"])
                 again = wall + timedelta(seconds=delay)
-                retry.append((row["id"], again, f"{err.message[:400]}; trying again at "
-                              f"{again:%H:%M:%S} UTC"))
+                retry.append((row["id"], again, err.provider_code or err.kind.value,
+                              f"{err.message[:400]}; trying again at {again:%H:%M:%S} UTC"))
                 retries.append((item, delay))
             elif err.kind == ErrorKind.CONFIG_INVALID and row["campaign_id"] is not None:
                 refused.setdefault(row["campaign_id"], (
@@ -511,6 +537,9 @@ class SenderCore:
             else:
                 failed.append((row["id"], err.provider_code or err.kind.value, err.message[:500]))
                 done.append(item.message_id)
+                if row["provider"] == "smtp" and (bounce := unknown_mailbox(err)):
+                    bounced.append((row["sub_account_id"], row["to_address"],
+                                    f"smtp bounce {bounce}", row["provider"]))
         visible = [r["id"] for r, res in results
                    if r["priority"] != "bulk" and (res.ok or not res.error or
                                                    not res.error.retryable)]
@@ -534,11 +563,68 @@ class SenderCore:
                 "sub_account_id": str(c["sub_account_id"]), "campaign_id": str(c["id"]),
                 "reason": c["paused_reason"]})
         _log_refused(results)
+        if bounced:
+            await self._suppress_bounced(bounced)
         self.lanes.complete(done + [str(i) for i in back])
         for item, delay in retries:
             self.lanes.retry(item, delay, now)
         self.sent_total += len(accepted)
         self.metrics.outcomes([(row["channel"], res) for row, res in results])
+
+    async def _suppress_bounced(self, bounced: list[tuple[UUID, str, str, str]]) -> None:
+        """Suppress the addresses a relay said have no mailbox, as a SendGrid bounce does.
+        Its own transaction, after the failures are recorded: it locks the address's other
+        messages and recipients as a STOP does, and a conflict there must not undo the
+        batch's outcomes."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                tx = Tx(conn)
+                for sa_id, address, reason, provider in bounced:
+                    await suppress_bounced(tx, sa_id, address, reason=reason,
+                                           provider=provider)
+                written = await events.append(conn, tx.pending) if tx.pending else []
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("suppressing hard-bounced addresses failed", extra={
+                "owner": self.config.owner, "count": len(bounced),
+                "error": f"{type(exc).__name__}: {exc}"})
+            return
+        await events.publish(self.redis, written)
+
+    def _back_off_unreachable(self, row: Mapping[str, Any], res: SendResult,
+                              now: float) -> None:
+        """A provider account that cannot be reached waits, all its sends at once, for a
+        back-off that doubles with each failed attempt in a row (up to `UNREACHABLE_CAP_S`):
+        one probe per step instead of one request per message at the campaign's rate.
+        Failures of requests already under way when it began waiting add no step. A step
+        is logged once, naming the account and where it dials, for the hub's log
+        (actors/log_relay.py)."""
+        pa = row["provider_account_id"]
+        key: LimitKey = ("provider", str(pa))
+        if self.limiter.blocked_until(key, now) is not None:
+            return
+        failures = self._unreachable.get(pa, (0, res))[0] + 1
+        self._unreachable[pa] = (failures, res)
+        delay = backoff(failures - 1, cap=UNREACHABLE_CAP_S)
+        self.limiter.penalize(key, delay, now)
+        err = res.error
+        assert err is not None
+        cached = self._creds.get(pa)
+        log.warning("the provider could not be reached; its sends wait", extra={
+            "sub_account_id": str(row["sub_account_id"]), "provider_account_id": str(pa),
+            "provider": row["provider"],
+            "target": endpoint(cached[1]) if cached is not None else "?",
+            "code": ErrorKind.CONNECTION_FAILED.value, "error": err.message[:200],
+            "failures_in_a_row": failures, "retry_in_s": round(delay, 1),
+            "hint": hint_for(row["provider"], err.provider_code, err.kind)})
+
+    def _unreachable_now(self, row: Mapping[str, Any], now: float) -> SendResult | None:
+        """The failure a send of this account gets without dialling while the account
+        backs off (`_back_off_unreachable`); None when it may dial."""
+        down = self._unreachable.get(row["provider_account_id"])
+        if down is None or self.limiter.blocked_until(
+                ("provider", str(row["provider_account_id"])), now) is None:
+            return None
+        return down[1]
 
     # --- housekeeping ------------------------------------------------------------------
 

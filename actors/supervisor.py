@@ -2,7 +2,8 @@
 creates the shards once, spread over the cluster's nodes (and moves them when nodes leave or
 join, `actors/placement.py`), keeps them alive, and reconciles
 what dead shards left behind: sends whose outcome is unknown are resolved by asking the
-provider, never by resending blindly.
+provider, never by resending blindly; and texts accepted whose final receipt never came (a
+callback that found no gateway listening is not retried) are looked up at the provider.
 
 It holds no state of its own beyond actor handles (named, so a restarted Supervisor gets the
 same shards back) and what it reads from PostgreSQL, so Ray may restart it on any node. While
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -25,10 +27,14 @@ import redis.asyncio as aioredis
 from actors import placement, ray_api
 from actors.metrics import Metrics
 from actors.ring import CHANNEL_GROUPS, Ring, sender_owner
-from channels.base import OutboundMessage, ProviderCredentials
+from channels.base import OutboundMessage, ProviderCredentials, StatusUpdate
 from hub import events
+from hub.context import Tx
 from hub.crypto import SecretBox
+from hub.status import Status
 from hub.store import sending as store
+from hub.store import webhooks as webhook_store
+from hub.webhook_actions import Receipt, apply_receipts
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,10 @@ def scheduler_name(index: int) -> str:
     return f"hub-scheduler-{index}"
 
 
+#: What a receipt lookup applies: the outcomes after `sent`. Anything earlier is news to no one.
+_RECEIPT_FINAL = frozenset({Status.DELIVERED, Status.READ, Status.UNDELIVERED, Status.FAILED})
+
+
 class Supervisor:
     def __init__(self, spec: dict[str, Any], pool: asyncpg.Pool, redis: aioredis.Redis,
                  box: SecretBox, metrics: Metrics) -> None:
@@ -50,6 +60,12 @@ class Supervisor:
         self.handles: dict[str, Any] = {}  # by shard name
         #: How long an unresolved in-doubt send waits before the provider's silence counts.
         self.grace = timedelta(seconds=float(spec.get("in_doubt_grace_s", 120.0)))
+        #: How long an accepted text waits for its final receipt before Twilio is asked,
+        #: how long it is asked about at most, and how often the reconciler looks for them.
+        self.receipt_grace_s = float(spec.get("receipt_grace_s", 180.0))
+        self.receipt_max_age_s = float(spec.get("receipt_max_age_s", 172_800.0))
+        self.receipt_interval_s = float(spec.get("receipt_interval_s", 30.0))
+        self._receipts_due = 0.0  # time.monotonic() of the next look
 
     def _shard_spec(self, owner: str, slots: tuple[int, ...], **extra: Any) -> dict[str, Any]:
         keys = ("database_url", "redis_url", "secret_key", "old_secret_keys", "public_url",
@@ -193,6 +209,56 @@ class Supervisor:
             return None
         return getattr(found, "provider_message_id", None) if found else None
 
+    async def reconcile_receipts(self, per_account: int = 50, limit: int = 500
+                                 ) -> dict[str, int]:
+        """Ask Twilio about SMS/MMS that stayed `sent` past the receipt grace period, and
+        apply a final status it reports as a receipt would be applied (hub.webhook_actions):
+        same event key as the callback, so a late real receipt and the lookup are one
+        history row and one move; forward-only; a throttled failure queued again; events
+        published after the commit. Only Twilio messaging is asked: SendGrid has no
+        per-message lookup, and voice calls are left to their callbacks."""
+        from actors.shells import adapters_for
+
+        rows = await store.unconfirmed_sent(self.pool, self.receipt_grace_s,
+                                            self.receipt_max_age_s, per_account, limit)
+        if not rows:
+            return {"looked_up": 0, "moved": 0}
+        adapter = adapters_for(("sms",))["sms"]
+        try:
+            creds = {r["provider_account_id"]: self._credentials(r) for r in rows}
+            updates = await asyncio.gather(*(
+                adapter.lookup(creds[r["provider_account_id"]], r["provider_message_id"],
+                               message_id=str(r["id"])) for r in rows), return_exceptions=True)
+        finally:
+            await adapter.close()
+        failed = [(r, u) for r, u in zip(rows, updates, strict=True)
+                  if isinstance(u, BaseException)]
+        if failed:  # a failed lookup proves nothing: asked again after the back-off
+            log.warning("receipt lookups failed", extra={
+                "failed": len(failed), "message_id": str(failed[0][0]["id"]),
+                "sub_account_id": str(failed[0][0]["sub_account_id"]),
+                "error": type(failed[0][1]).__name__})
+        final = {r["id"]: u for r, u in zip(rows, updates, strict=True)
+                 if isinstance(u, StatusUpdate) and u.status in _RECEIPT_FINAL}
+        async with self.pool.acquire() as conn, conn.transaction():
+            tx = Tx(conn)
+            # Locked in id order, as the webhook applier locks them, before any write.
+            locked = await webhook_store.callback_messages(conn, [r["id"] for r in rows],
+                                                           "twilio", [])
+            moved = await apply_receipts(tx, [Receipt(m, final[m["id"]]) for m in locked
+                                              if m["id"] in final])
+            await store.receipt_checked(conn, [r["id"] for r in rows])
+            written = await events.append(conn, tx.pending) if tx.pending else []
+        await events.publish(self.redis, written)
+        outcome = {"looked_up": len(rows), "moved": len(moved)}
+        log.info("missed receipts looked up", extra=outcome)
+        return outcome
+
+    def _credentials(self, row: dict[str, Any]) -> ProviderCredentials:
+        return ProviderCredentials("twilio", row["account_id"],
+                                   self.box.decrypt(row["secret_encrypted"]), row["base_url"],
+                                   dict(row["config"] or {}))
+
     async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
         while not stop.is_set():
             with contextlib.suppress(Exception):
@@ -207,6 +273,12 @@ class Supervisor:
                 await self.reconcile()
             except Exception:
                 log.warning("reconcile failed", exc_info=True)
+            if time.monotonic() >= self._receipts_due:
+                self._receipts_due = time.monotonic() + self.receipt_interval_s
+                try:
+                    await self.reconcile_receipts()
+                except Exception:
+                    log.warning("receipt reconcile failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
 

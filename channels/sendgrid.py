@@ -393,7 +393,9 @@ def _redact(error: SendError, secret: str) -> SendError:
 
 def _transport_error(kind: ErrorKind, exc: BaseException, secret: str) -> SendError:
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    log.warning("sendgrid mail/send %s: %s", kind.value, type(exc).__name__)
+    # INFO: the Sender shard warns once per provider account and back-off step, naming the
+    # sub-account and the host (a dead base_url is otherwise one warning per request).
+    log.info("sendgrid mail/send %s: %s", kind.value, type(exc).__name__)
     return _redact(SendError(kind, detail[:500]), secret)
 
 

@@ -14,6 +14,11 @@ Classification (RFC 5321 §4.2.1; enhanced codes RFC 3463), in `classify_smtp_fa
   and an authenticated relay rarely knows its recipients, so it is REJECTED, as is every
   other 5xx (5.7.x policy, content refusals, 554). The reply code is `provider_code`, the
   reply text the message.
+- of those MESSAGE_INVALID refusals at RCPT, the ones that say the mailbox does not exist
+  (`unknown_mailbox`: 5.1.0 other address status, 5.1.1 bad mailbox, 5.1.2 bad domain,
+  5.1.3 bad address syntax, 5.1.6 moved with no forwarding address, 5.1.10 null MX) are
+  hard bounces: the hub suppresses the address, as it does for a SendGrid bounce. A bare
+  550 or 553, a full mailbox and any policy refusal (5.7.x) do not suppress.
 - no connection (refused, DNS, timeout before the greeting) → CONNECTION_FAILED; a timeout
   or disconnect before DATA → CONNECTION_FAILED (nothing was delivered). Once the DATA
   command has gone out the relay may have queued the message even if we never saw its
@@ -93,6 +98,9 @@ _BUILD_POLICY = email.policy.SMTP.clone(cte_type="7bit")
 _WIRE_POLICY = _BUILD_POLICY.clone(max_line_length=998)
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _AUTH_PHASE_CONFIG_CODES = frozenset({530, 534, 535, 538})
+#: RFC 3463 address statuses (X.1.d; X.1.10 from RFC 7505) meaning "no such mailbox".
+_UNKNOWN_MAILBOX_DETAILS = frozenset({"0", "1", "2", "3", "6", "10"})
+_BOUNCE_REPLY = re.compile(r"^5\d\d 5\.1\.(\d{1,3})\b")
 _PROCESS_KEY = os.urandom(32)  # keys the password fingerprint in pool keys
 TIMEOUT_S = 30.0  # each SMTP command's, and a whole relay check's
 
@@ -141,6 +149,18 @@ def _classify_reply(code: int, text: str, phase: Phase, backoff: float) -> SendE
     if bad_address or too_big:
         return SendError(ErrorKind.MESSAGE_INVALID, reply, str(code))
     return SendError(ErrorKind.REJECTED, reply, str(code))
+
+
+def unknown_mailbox(error: SendError) -> str | None:
+    """The enhanced code of a refusal at RCPT saying the mailbox does not exist (a hard
+    bounce, see the module docstring), else None. Only `_classify_reply` makes these
+    errors, with the reply ("550 5.1.1 …") as the message."""
+    if error.kind != ErrorKind.MESSAGE_INVALID:
+        return None
+    reply = _BOUNCE_REPLY.match(error.message)
+    if reply is None or reply.group(1) not in _UNKNOWN_MAILBOX_DETAILS:
+        return None
+    return f"5.1.{reply.group(1)}"
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -572,7 +592,8 @@ class SmtpAdapter:
                 smtp, reused = await pool.acquire(creds)
             except _OpenFailed as failed:
                 error = classify_smtp_failure(failed.cause, failed.phase, backoff=self._backoff)
-                log.warning("smtp %s failed relay=%s:%d kind=%s", failed.phase,
+                # INFO: the Sender shard warns once per account and back-off step.
+                log.info("smtp %s failed relay=%s:%d kind=%s", failed.phase,
                             pool.relay.host, pool.relay.port, error.kind.value)
                 return _failed(m, error, creds), True
             phase: Phase = "sender"

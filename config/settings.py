@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     #: How long a send whose outcome is unknown waits before the provider's silence (no such
     #: message in its log) is believed and the message is queued again.
     in_doubt_grace_s: float = Field(120.0, ge=1.0, le=86_400.0)
+    #: How long a text accepted by Twilio waits for its final receipt before the hub asks
+    #: Twilio for its status (a status callback that found no gateway listening is not
+    #: retried), and for how long after sending it keeps asking.
+    receipt_grace_s: float = Field(180.0, ge=0.0, le=86_400.0)
+    receipt_max_age_s: float = Field(172_800.0, ge=60.0, le=30 * 86_400.0)
 
     #: The realtime feed: how often it pings, how many frames wait for one client before it
     #: is closed as a slow consumer (4009, it resumes with `since`), how long a ticket lives,

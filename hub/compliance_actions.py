@@ -1,6 +1,7 @@
 """Compliance writers: opting an address out (STOP, Twilio 21610, SendGrid bounces and
-unsubscribes, one-click email unsubscribe) and back in (START), and the replies the
-keywords ask for. Each runs in one transaction, joining the caller's when there is one.
+unsubscribes, SMTP hard bounces, one-click email unsubscribe) and back in (START), and the
+replies the keywords ask for. Each runs in one transaction, joining the caller's when there
+is one.
 
 Opting out suppresses the address for the sub-account and cancels everything still waiting
 for it: pending campaign recipients of that channel in every campaign, then queued messages.
@@ -93,6 +94,27 @@ async def do_opt_out(hub: Hub, sa: Row, channel: str, address: str, *, reason: s
         log.info("address opted out", extra={"sub_account_id": str(sa["id"]),
                                               "channel": channel, "source": source})
     return row, created
+
+
+async def suppress_bounced(tx: Tx, sub_account_id: UUID, address: str, *, reason: str,
+                           provider: str) -> bool:
+    """A relay said at send time that `address` has no mailbox (an SMTP 5.1.1): suppress it
+    as a SendGrid bounce is (source bounce, the provider as actor) and cancel what waits for
+    it, in the caller's transaction (the one recording the failure). False for an address
+    the hub cannot normalise: nothing to suppress."""
+    try:
+        address = suppression_address("email", address, "")
+    except HubError:
+        return False
+    await lock_address(tx, sub_account_id, "email", address)
+    await cancel_waiting(tx, sub_account_id, "email", address)
+    row, created = await suppression_store.add(tx.conn, sub_account_id, "email", address,
+                                               reason, "bounce", provider)
+    if created:
+        tx.emit(sub_account_id, "suppression.created", row)
+        log.info("address opted out", extra={"sub_account_id": str(sub_account_id),
+                                              "channel": "email", "source": "bounce"})
+    return True
 
 
 async def do_opt_in(hub: Hub, sa: Row, channel: str, address: str, *,

@@ -190,6 +190,8 @@ async def record_accepted(conn: Conn, owner: str | None,
                                     THEN u.st ELSE m.status END,
                       sent_at = coalesce(m.sent_at, now()), in_doubt = false,
                       error_message = NULL,
+                      error_code = CASE WHEN m.status = 'sending' THEN NULL
+                                        ELSE m.error_code END,
                       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(id, pid, st)
                WHERE m.id = u.id AND {_RESOLVABLE}
@@ -228,18 +230,21 @@ async def record_failed(conn: Conn, owner: str | None,
 
 
 async def record_retry(conn: Conn, owner: str,
-                       rows: list[tuple[UUID, datetime, str]]) -> None:
-    """(message id, not before, why): throttled or never reached the provider; back to
-    queued, still leased by this shard, which holds it in its lane. `why` is the message's
-    `error_message` until it is sent, so an agent sees why it waits."""
+                       rows: list[tuple[UUID, datetime, str, str]]) -> None:
+    """(message id, not before, error code, why): throttled or never reached the provider;
+    back to queued, still leased by this shard, which holds it in its lane. The code and
+    `why` stay on the message until it is sent (`record_accepted` clears them), so an agent
+    sees why it waits and a campaign's top errors say why it is not moving."""
     if not rows:
         return
     await conn.execute(
-        """UPDATE messages m SET status = 'queued', not_before = u.nb, error_message = u.why,
-                  updated_at = now()
-           FROM unnest($2::uuid[], $3::timestamptz[], $4::text[]) AS u(id, nb, why)
+        """UPDATE messages m SET status = 'queued', not_before = u.nb, error_code = u.code,
+                  error_message = u.why, updated_at = now()
+           FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[])
+                AS u(id, nb, code, why)
            WHERE m.id = u.id AND m.lease_owner = $1 AND m.status = 'sending'""",
         owner, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+        [r[3] for r in rows],
     )
 
 
@@ -340,3 +345,41 @@ async def stale_sending(conn: Conn, limit: int) -> list[Row]:
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def unconfirmed_sent(conn: Conn, grace_s: float, max_age_s: float, per_account: int,
+                           limit: int) -> list[Row]:
+    """Twilio SMS/MMS accepted (`sent`) whose final receipt has not come: Twilio does not
+    retry a status callback, so one that found no gateway listening is lost, and the
+    reconciler asks Twilio instead. `updated_at` is when the message was last accepted or
+    looked up (`receipt_checked`); a message is due once it has waited `grace_s` and as long
+    again as it had waited before its last look, so one a carrier never confirms is asked
+    about a dozen times over `max_age_s`, not every tick. At most `per_account` per provider
+    account, longest waiting first, so one busy account does not starve the others."""
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT m.id, m.updated_at, row_number() OVER (
+                          PARTITION BY m.provider_account_id ORDER BY m.updated_at) AS n
+               FROM messages m
+               WHERE m.status = 'sent' AND m.channel IN ('sms', 'mms')
+                 AND m.provider_message_id IS NOT NULL
+                 AND m.updated_at < now() - make_interval(secs => $1)
+                 AND m.updated_at - coalesce(m.sent_at, m.updated_at) < now() - m.updated_at
+                 AND coalesce(m.sent_at, m.updated_at) > now() - make_interval(secs => $2))
+           SELECT m.id, m.sub_account_id, m.provider_message_id, m.provider_account_id,
+                  p.account_id, p.secret_encrypted, p.base_url, p.config
+           FROM due JOIN messages m ON m.id = due.id
+           JOIN provider_accounts p ON p.id = m.provider_account_id
+           WHERE due.n <= $3 AND p.provider = 'twilio'
+           ORDER BY due.updated_at LIMIT $4""",
+        grace_s, max_age_s, per_account, limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def receipt_checked(conn: Conn, ids: list[UUID]) -> None:
+    """Messages looked up and still `sent`: their wait for the next look starts now."""
+    if ids:
+        await conn.execute(
+            "UPDATE messages SET updated_at = now() WHERE id = ANY($1::uuid[]) "
+            "AND status = 'sent'", ids)
