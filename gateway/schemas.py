@@ -415,6 +415,8 @@ class MessageOut(Output):
     delivered_at: datetime | None
     read_at: datetime | None
     failed_at: datetime | None
+    sent_by: UUID | None = Field(description="the user who sent it from the console (an "
+                                 "agent's reply); null for API keys, campaigns and inbound")
 
 
 class MessageDetail(MessageOut):

@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from hub.context import Hub
-from hub.errors import NotFound, ValidationFailed
+from hub.errors import Conflict, FieldError, NotFound, ValidationFailed
 from hub.store import conversations as store
 
 Row = dict[str, Any]
@@ -19,11 +19,34 @@ def _missing() -> NotFound:
 
 
 async def do_assign_conversation(hub: Hub, sub_account_id: UUID, id_: UUID,
-                                 assignee: str | None) -> Row:
+                                 assignee: UUID | None, *, caller: UUID | None,
+                                 override: bool) -> Row:
+    """Give the thread to `assignee` (a user of this sub-account), or unassign it (None).
+
+    A thread another user holds does not change hands silently: unless `override` (the
+    request takes over explicitly, or a manager reassigns), it is 409 `already_assigned`
+    naming the holder. `caller` is the user asking (None for an API key); a thread they
+    hold they may pass on or release. The holder learns of a take-over from the
+    `conversation.updated` event."""
+    who = str(assignee) if assignee else None
+    by = str(caller) if caller else None
     async with hub.transaction() as tx:
-        row = await store.set_assignee(tx.conn, sub_account_id, id_, assignee or None)
+        if assignee is not None and not await store.is_member(tx.conn, sub_account_id,
+                                                               assignee):
+            raise ValidationFailed.field("assignee", "no user of this sub-account has this id",
+                                         "unknown_user")
+        row = await store.set_assignee(tx.conn, sub_account_id, id_, who, by, override)
         if row is None:
-            raise _missing()
+            # Refused, or no such thread: lock it so that what we report is what holds.
+            exists, holder = await store.lock_assignee(tx.conn, sub_account_id, id_)
+            if not exists:
+                raise _missing()
+            row = await store.set_assignee(tx.conn, sub_account_id, id_, who, by, override)
+            if row is None:
+                raise Conflict(f"this thread is assigned to {holder}; send \"take_over\": "
+                               "true to take it over", code="already_assigned",
+                               errors=[FieldError("assignee", f"assigned to {holder}",
+                                                  "already_assigned")])
         tx.emit(sub_account_id, "conversation.updated", row, f"conversation:{id_}")
     return row
 

@@ -158,10 +158,11 @@ _PERSIST = f"""
         INSERT INTO messages (sub_account_id, conversation_id, contact_id, direction,
             channel, priority, sender_id, provider_account_id, from_address, to_address,
             subject, html, body, media_urls, voice, status, segments, encoding, slot,
-            provider, compliance, lease_owner, lease_expires_at)
+            provider, compliance, lease_owner, lease_expires_at, sent_by)
         SELECT $1, conv.id, $2, 'outbound', $3, $4, $5, $6, $7, $8, $9, $20, $10, $11, $12,
                'queued', $13, $14, s.slot, p.provider, $15, $18,
-               CASE WHEN $18::text IS NOT NULL THEN now() + make_interval(secs => $19) END
+               CASE WHEN $18::text IS NOT NULL THEN now() + make_interval(secs => $19) END,
+               $21
         FROM conv, sub_accounts s, provider_accounts p WHERE s.id = $1 AND p.id = $6
         RETURNING {messaging.MESSAGE_COLS}, slot, lease_expires_at),
     h AS (
@@ -180,15 +181,16 @@ def public(message: Row) -> Row:
 
 async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "transactional",
                           conversation_id: UUID | None = None, compliance: bool = False,
-                          lease_to: Callable[[str, int], str] | None = None) -> Row:
+                          lease_to: Callable[[str, int], str] | None = None,
+                          sent_by: UUID | None = None) -> Row:
     """Persist one outbound message as queued. `req` holds channel, to or contact_id, body,
     subject, html, media_urls, voice, sender_id. `compliance` marks a carrier-required reply
     (STOP confirmation, HELP answer): the only kind sent to a suppressed recipient.
     `lease_to` names the Sender shard that sends a (channel, slot) when the caller hands the
     message to it: the message is created leased to that shard, which then adopts it
     without writing or reading it again. Without it (no actors) the message is created
-    unleased. Returns the message with its `slot` and `lane` for the hand-off (`public`
-    leaves them out)."""
+    unleased. `sent_by`: the signed-in user who sent it (none for an API key). Returns the
+    message with its `slot` and `lane` for the hand-off (`public` leaves them out)."""
     channel = req["channel"]
     body = req.get("body") or ""
     media = list(req.get("media_urls") or [])
@@ -220,7 +222,7 @@ async def do_send_message(hub: Hub, sa: Row, req: Row, *, priority: str = "trans
             body, media, voice, segments, encoding, compliance,
             SENDER_CHANNEL[channel], body or req.get("subject") or "",
             lease_to(channel, slot) if lease_to else None, hub.settings.lease_s,
-            req.get("html"))
+            req.get("html"), sent_by)
         message = {k: v for k, v in row.items() if not k.startswith("conv_")}
         message["lane"] = send_store.lane_row(message, sender,
                                               message.pop("lease_expires_at"))

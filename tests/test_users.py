@@ -493,28 +493,6 @@ def test_admin_create_user_command(services: Services, settings: Settings,
     assert bad.exit_code == 2
 
 
-async def test_conversations_filter_by_assignee(hub: Hub, api: httpx.AsyncClient,
-                                                tenant: Tenant) -> None:
-    mine, theirs, nobodys = [await add_conversation(hub, tenant.sa1, phone=f"+1415555017{i}")
-                             for i in range(3)]
-    h = auth(tenant.sa1_key)
-    base = f"/v1/sub-accounts/{tenant.sa1}/conversations"
-    for conv, who in ((mine, "ann"), (theirs, "bob")):
-        r = await api.put(f"{base}/{conv}/assignment", json={"assignee": who}, headers=h)
-        assert r.status_code == 200, r.text
-
-    async def listed(**params: object) -> set[str]:
-        r = await api.get(base, headers=h, params=params)
-        assert r.status_code == 200, r.text
-        return {c["id"] for c in r.json()["data"]}
-
-    assert await listed(assignee="ann") == {mine}
-    assert await listed(unassigned=True) == {nobodys}
-    assert await listed(unassigned=False) == {mine, theirs}
-    assert await listed() == {mine, theirs, nobodys}
-    assert await listed(assignee="ann", unassigned=True) == set()
-
-
 # --- events follow the routes ------------------------------------------------------------
 
 

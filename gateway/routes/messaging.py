@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from gateway.deps import HubDep, PageDep, SubAccountDep
+from gateway.deps import HubDep, PageDep, PrincipalDep, SubAccountDep
 from gateway.schemas import (
     ConversationOut,
     Input,
@@ -23,6 +23,7 @@ from hub.errors import NotFound
 from hub.pagination import make_page
 from hub.status import Status
 from hub.store import messaging
+from hub.users import Role, UserPrincipal
 
 router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["conversations and messages"])
 
@@ -62,17 +63,23 @@ async def get_conversation(hub: HubDep, sub_account: SubAccountDep,
 
 
 class AssignmentIn(Input):
-    assignee: str | None = Field(None, max_length=200,
-                                 description="who handles the thread (a user id from the "
-                                             "pages, or your own id for the agent); null "
-                                             "unassigns")
+    assignee: UUID | None = Field(None, description="the id of the user (agent or admin of "
+                                  "this sub-account) who handles the thread; null unassigns")
+    take_over: bool = Field(False, description="take the thread from the user who holds it; "
+                            "without it, a thread someone else holds is 409 already_assigned")
 
 
 @router.put("/conversations/{conversation_id}/assignment", response_model=ConversationOut)
-async def assign_conversation(hub: HubDep, sub_account: SubAccountDep, conversation_id: UUID,
-                              body: AssignmentIn) -> ConversationOut:
-    """Assign the thread to an agent, or unassign it with `{"assignee": null}`."""
-    row = await do_assign_conversation(hub, sub_account["id"], conversation_id, body.assignee)
+async def assign_conversation(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep,
+                              conversation_id: UUID, body: AssignmentIn) -> ConversationOut:
+    """Assign the thread to a user of this sub-account, or unassign it with
+    `{"assignee": null}`. A thread another user holds is 409 `already_assigned` (naming
+    them) unless `take_over` is true; admins and API keys reassign freely."""
+    user = principal if isinstance(principal, UserPrincipal) else None
+    row = await do_assign_conversation(
+        hub, sub_account["id"], conversation_id, body.assignee,
+        caller=user.user_id if user else None,
+        override=body.take_over or user is None or user.role == Role.ADMIN)
     return ConversationOut(**row)
 
 

@@ -19,6 +19,8 @@ from hub.conversations import reply_subject
 from hub.errors import NotFound, ValidationFailed
 from hub.store import messaging
 from hub.store import sending as send_store
+from hub.tenancy import Principal
+from hub.users import UserPrincipal
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/sub-accounts/{sa}", tags=["sending"])
@@ -55,6 +57,11 @@ async def _hand_off(hub: Hub, request: Request, response: JSONResponse,
                         exc_info=True, extra={"message_id": str(message["id"])})
 
 
+def _user_id(principal: Principal) -> UUID | None:
+    """Who sends from the console, recorded on the message; an API key is nobody."""
+    return principal.user_id if isinstance(principal, UserPrincipal) else None
+
+
 def _req(body: MessageIn | ReplyIn) -> dict[str, Any]:
     data = body.model_dump(mode="json", exclude_unset=False)
     data["media_urls"] = [str(u) for u in getattr(body, "media_urls", [])]
@@ -74,7 +81,8 @@ async def send_message(hub: HubDep, principal: PrincipalDep, sub_account: SubAcc
 
     async def work() -> tuple[int, MessageOut]:
         message = await sending.do_send_message(hub, sub_account, _req(body),
-                                                lease_to=_lease_to(request))
+                                                lease_to=_lease_to(request),
+                                                sent_by=_user_id(principal))
         created.update(message)
         return 202, MessageOut(**sending.public(message))
 
@@ -104,7 +112,8 @@ async def reply(hub: HubDep, principal: PrincipalDep, sub_account: SubAccountDep
                    subject=await reply_subject(hub, conversation, body.subject))
         message = await sending.do_send_message(hub, sub_account, req, priority="reply",
                                                 conversation_id=conversation_id,
-                                                lease_to=_lease_to(request))
+                                                lease_to=_lease_to(request),
+                                                sent_by=_user_id(principal))
         created.update(message)
         return 202, MessageOut(**sending.public(message))
 

@@ -21,7 +21,7 @@ MESSAGE_COLS = (
     "id, sub_account_id, conversation_id, contact_id, campaign_id, direction, channel, priority, "
     "sender_id, from_address, to_address, subject, body, media_urls, status, in_doubt, provider, "
     "provider_message_id, error_code, error_message, segments, encoding, created_at, updated_at, "
-    "sent_at, delivered_at, read_at, failed_at"
+    "sent_at, delivered_at, read_at, failed_at, sent_by"
 )
 _FAILURES = (Status.FAILED.value, Status.UNDELIVERED.value)
 

@@ -190,7 +190,8 @@
     } catch (error) {
       showError(form, error);
     } finally {
-      buttons.forEach((b) => (b.disabled = false));
+      // A reply form stays shut if the contact opted out meanwhile (Inbox.showOptOut).
+      buttons.forEach((b) => (b.disabled = form.dataset.blocked === "true"));
     }
   });
 
@@ -318,9 +319,27 @@
       htmx.ajax("GET", this.root.dataset.listUrl, { target: "#inbox-list", swap: "innerHTML" });
     },
     thread() { return document.getElementById("thread"); },
-    refreshThread() {
+    /* The messages, then the opt-out notice and the reply form as they say: a STOP (or a
+       START) that arrives while the thread is open shuts (or reopens) the reply box. */
+    async refreshThread() {
       const thread = this.thread();
-      if (thread) htmx.ajax("GET", thread.dataset.messagesUrl, { target: "#messages", swap: "innerHTML" });
+      if (!thread) return;
+      await htmx.ajax("GET", thread.dataset.messagesUrl, { target: "#messages", swap: "innerHTML" });
+      this.showOptOut();
+    },
+    showOptOut() {
+      const list = document.querySelector("#messages > ol.bubbles");
+      const form = document.getElementById("reply");
+      if (!list || !form) return;
+      const out = list.dataset.optedOut === "true";
+      document.getElementById("opted-out").hidden = !out;
+      document.getElementById("reply-blocked").hidden = !out;
+      form.dataset.blocked = String(out);
+      const box = form.querySelector("textarea");
+      box.disabled = out;
+      if (out) box.setAttribute("aria-describedby", "reply-blocked");
+      else box.removeAttribute("aria-describedby");
+      form.querySelectorAll("button").forEach((b) => (b.disabled = out));
     },
     async markRead() {
       const thread = this.thread();
