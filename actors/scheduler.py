@@ -39,7 +39,14 @@ import redis.asyncio as aioredis
 
 from actors.loops import round_failed
 from hub import events
-from hub.campaigns import EMPTY_MESSAGE, FailureWindow, empty_part, transition, window_closes
+from hub.campaigns import (
+    EMPTY_MESSAGE,
+    UNANSWERED_CALLS,
+    FailureWindow,
+    empty_part,
+    transition,
+    window_closes,
+)
 from hub.errors import ValidationFailed
 from hub.segments import count_segments
 from hub.sender_pool import choose_weighted
@@ -398,13 +405,15 @@ class SchedulerCore:
 
     async def _failure_tripped(self, c: dict[str, Any], ok: int, failed: int) -> bool:
         """Pause the campaign, naming its top error, when too many of the last messages of
-        its current run failed (`ok` and `failed` among them: `store.recent_outcomes`)."""
+        its current run failed (`ok` and `failed` among them: `store.recent_outcomes`). A
+        call nobody took did not count as failed, so it is not named as the top error."""
         window = FailureWindow(size=FAILURE_WINDOW, threshold=float(c["failure_threshold"]))
         record_counts(window, ok, failed)
         if not window.tripped():
             return False
         errors = {str(e["error_code"]): int(e["n"])
-                  for e in await store.top_errors(self.pool, c["id"])}
+                  for e in await store.top_errors(self.pool, c["id"])
+                  if e["error_code"] not in UNANSWERED_CALLS}
         await self._auto_pause(c, window.reason(errors))
         return True
 

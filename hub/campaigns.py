@@ -29,11 +29,11 @@ from hub.templates import parse
 from hub.timezones import SendWindow, validate_timezone
 
 __all__ = [
-    "EMPTY_MESSAGE", "NO_CALL_SCRIPT", "NO_MMS_MEDIA", "Action", "Audience", "AudienceFilter",
-    "CampaignStatus", "ContentCheck", "FailureWindow", "Projection", "RecipientSlot",
-    "TimelineBucket", "allowed_actions", "audience_sql", "campaign_window", "check_content",
-    "empty_part", "eta", "outside_sending_hours", "parse_audience", "project", "sending_hours",
-    "transition", "voice_script",
+    "EMPTY_MESSAGE", "NO_CALL_SCRIPT", "NO_MMS_MEDIA", "UNANSWERED_CALLS", "Action", "Audience",
+    "AudienceFilter", "CampaignStatus", "ContentCheck", "FailureWindow", "Projection",
+    "RecipientSlot", "TimelineBucket", "allowed_actions", "audience_sql", "campaign_window",
+    "check_content", "empty_part", "eta", "outside_sending_hours", "parse_audience", "project",
+    "sending_hours", "transition", "voice_script",
 ]
 
 INVALID_TRANSITION = "invalid_transition"
@@ -149,6 +149,11 @@ ERROR_NAMES = {
     "30008": "unknown carrier error", "30034": "sender not registered for A2P 10DLC",
     "bounce": "email bounced", "dropped": "email dropped", "spamreport": "marked as spam",
 }
+
+#: How a call ends when nobody takes it: the line was busy, it rang out, or it was called off
+#: while ringing. That is what calling people is like, not a sign the campaign is broken:
+#: the failure window counts such a call as tried and not failed, and names no such code.
+UNANSWERED_CALLS = frozenset({"busy", "no-answer", "canceled"})
 
 
 class FailureWindow:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-#: Codes seen on SMS sends (Twilio's numbering) and the hub's own, explained for people
-#: who do not read carrier documentation.
+#: Codes seen on SMS sends (Twilio's numbering), calls and the hub's own, explained for
+#: people who do not read carrier documentation.
 ERRORS: dict[str, str] = {
     "21211": "The number is not a valid phone number.",
     "21408": "Texting this country is not enabled on the provider account.",
@@ -21,6 +21,14 @@ ERRORS: dict[str, str] = {
     "bounce": "The email bounced: the mailbox does not exist or refused it.",
     "dropped": "The email provider dropped it (often an earlier bounce or spam report).",
     "spamreport": "The recipient marked the email as spam.",
+    # A call's own status, when the call ended without connecting (channels.twilio_voice).
+    "busy": "The line was busy, so nobody picked up. That is normal when calling people, "
+            "not a problem with your account or the campaign.",
+    "no-answer": "Nobody answered before the call stopped ringing. That is normal when "
+                 "calling people, not a problem with your account or the campaign.",
+    "canceled": "The call was called off before anyone answered. It is not a problem with "
+                "your account.",
+    "failed": "The call could not be placed: the number or the carrier refused it.",
 }
 
 STATUS_WORDS: dict[str, str] = {

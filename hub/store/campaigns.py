@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hub.campaigns import UNANSWERED_CALLS
 from hub.pagination import Cursor, keyset_clause
 from hub.store import sql
 
@@ -385,6 +386,9 @@ async def counts_many(conn: Conn, campaign_ids: list[UUID]) -> dict[UUID, dict[s
 #: Message statuses a campaign's failure window counts as sent well, and as failed.
 _SUCCEEDED = ("sent", "delivered", "read")
 _FAILED = ("failed", "undelivered")
+#: A call nobody took (`UNANSWERED_CALLS`): tried, and not failed.
+_UNANSWERED = (f"(m.channel = 'voice' AND m.status IN {(*_FAILED, 'canceled')} "
+               "AND m.error_code IS NOT NULL AND m.error_code = ANY($4::text[]))")
 
 
 async def recent_outcomes(conn: Conn, runs: list[tuple[UUID, datetime]],
@@ -392,18 +396,21 @@ async def recent_outcomes(conn: Conn, runs: list[tuple[UUID, datetime]],
     """(campaign, when its run began) → (succeeded, failed) among the last `size` messages
     the run sent or tried, as they stand now. A late `undelivered` receipt counts against
     its own message, wherever that was in the run; what settled before the run began (a
-    resume) is history the marketer has seen."""
+    resume) is history the marketer has seen. A call that rang busy or unanswered counts
+    as tried and not failed: it says nothing about the campaign's setup."""
     rows = await conn.fetch(
         f"""SELECT k.id, w.ok, w.failed
             FROM unnest($1::uuid[], $2::timestamptz[]) AS k(id, at)
             CROSS JOIN LATERAL (
-                SELECT count(*) FILTER (WHERE last.status IN {_SUCCEEDED}) AS ok,
-                       count(*) FILTER (WHERE last.status IN {_FAILED}) AS failed
-                FROM (SELECT m.status FROM messages m
-                      WHERE m.campaign_id = k.id AND m.status IN {_SUCCEEDED + _FAILED}
+                SELECT count(*) FILTER (WHERE NOT last.failed) AS ok,
+                       count(*) FILTER (WHERE last.failed) AS failed
+                FROM (SELECT m.status IN {_FAILED} AND NOT {_UNANSWERED} AS failed
+                      FROM messages m
+                      WHERE m.campaign_id = k.id
+                        AND (m.status IN {_SUCCEEDED + _FAILED} OR {_UNANSWERED})
                         AND coalesce(m.sent_at, m.failed_at) >= k.at
                       ORDER BY coalesce(m.sent_at, m.failed_at) DESC LIMIT $3) last) w""",
-        [r[0] for r in runs], [r[1] for r in runs], size)
+        [r[0] for r in runs], [r[1] for r in runs], size, sorted(UNANSWERED_CALLS))
     return {r["id"]: (int(r["ok"]), int(r["failed"])) for r in rows}
 
 
